@@ -1,0 +1,142 @@
+"""The AFT family: aft_full, aft_simple, aft_local, aft_conv.
+
+Y[t, c] = sigmoid(Q[t, c]) * sum_t' exp(K[t', c] + w'[t, t']) V[t', c] / sum_t' exp(K[t', c] + w'[t, t'])
+over allowed t' only; y = Y w_o + b_o.  Formulas and conventions: ``variants.REGISTRY``.
+
+The spec computes the definition literally, with the exact stabilizer max_t' (K[t', c] + w'[t, t'])
+over allowed t' for every (t, c): any finite input gives a finite output, causal masks included.
+To keep memory linear in B * l * d (never a (B, l, l, d) array) the query rows are processed in
+blocks sized by ``BLOCK_ELEMENTS``; this is a loop over blocks of rows, each fully vectorized.
+"""
+
+from __future__ import annotations
+
+from . import _common as c
+
+#: Elements of one (B, rows, l, d) block temporary; about 64 MB in float32, and the peak is a
+#: small multiple of it.  Any value gives the same numbers.
+BLOCK_ELEMENTS = 1 << 24
+
+
+def _conv_kernel(spec, p, xp):
+    """Per-head normalised kernel w_hat (h, s) or (h, s*s): gamma (w - mean) / sqrt(var + 1e-5) + beta,
+    mean and population variance over that head's own taps."""
+    w = p["conv_w"]
+    h = spec.n_heads
+    w = xp.reshape(w, (h, -1))
+    mean = xp.mean(w, axis=1, keepdims=True)
+    var = xp.mean((w - mean) ** 2, axis=1, keepdims=True)
+    norm = (w - mean) / xp.sqrt(var + c.const(xp, 1e-5, w))
+    return p["conv_gamma"][:, None] * norm + p["conv_beta"][:, None]
+
+
+def position_bias(spec, p, xp, l, causal, grid, dev):
+    """w' as (G, l, l) with G = 1 or n_heads (aft_conv), or None where it is 0 (aft_simple)."""
+    v = spec.variant
+    if v == "aft_simple":
+        return None
+    if v in ("aft_full", "aft_local"):
+        if spec.pos_rank is None:
+            w = p["pos_bias"][:l, :l]
+        else:
+            w = xp.matmul(p["pos_u"][:l, :], xp.permute_dims(p["pos_v"][:l, :], (1, 0)))
+        if v == "aft_local":  # zero, not -inf, outside the window: far tokens still count
+            i = xp.arange(l, device=dev)
+            near = xp.abs(i[:, None] - i[None, :]) < spec.window
+            w = xp.where(near, w, c.const(xp, 0.0, w))
+        return w[None, :, :]
+    # aft_conv
+    s = spec.kernel_size
+    what = _conv_kernel(spec, p, xp)
+    i = xp.arange(l, device=dev)
+    if grid is None:
+        off = s - 1 if causal else (s - 1) // 2
+        j = i[None, :] - i[:, None] + off  # j = t' - t + off
+        valid = xp.logical_and(j >= 0, j < s)
+    else:
+        _, width = grid
+        half = (s - 1) // 2
+        pr, qc = i // width, i % width
+        dp = pr[None, :] - pr[:, None] + half
+        dq = qc[None, :] - qc[:, None] + half
+        valid = xp.logical_and(xp.logical_and(dp >= 0, dp < s), xp.logical_and(dq >= 0, dq < s))
+        j = dp * s + dq
+    j = xp.where(valid, j, xp.zeros_like(j))
+    taps = xp.reshape(xp.take(what, xp.reshape(j, (l * l,)), axis=1), (spec.n_heads, l, l))
+    return xp.where(valid[None, :, :], taps, c.const(xp, 0.0, taps))
+
+
+def _allowed(xp, l, causal, key_padding_mask, dev):
+    """(B or 1, l, l) boolean of allowed (t, t') pairs, or None for all."""
+    allowed = c.causal_allowed(xp, l, dev)[None, :, :] if causal else None
+    if key_padding_mask is not None:
+        kp = key_padding_mask[:, None, :]
+        allowed = kp if allowed is None else xp.logical_and(allowed, kp)
+    return allowed
+
+
+def _row_weights(xp, k, w, allowed, start, stop):
+    """Normalised per-channel weights for query rows start..stop: (B, rows, l, G, d/G).
+
+    k: (B, 1, l, G, d/G); w: (G, l, l) or None; allowed: (B|1, l, l) or None."""
+    B, _, l, G, eg = k.shape
+    rows = stop - start
+    if w is None:
+        z = xp.broadcast_to(k, (B, rows, l, G, eg))
+    else:
+        z = k + xp.permute_dims(w[:, start:stop, :], (1, 2, 0))[None, :, :, :, None]
+    if allowed is None:
+        ok = xp.ones((1, 1, 1, 1, 1), dtype=xp.bool, device=c._dev(k))
+    else:
+        ok = allowed[:, start:stop, :][:, :, :, None, None]
+    m = c.masked_max(xp, z, ok, axis=2)
+    e = c.masked_exp(xp, z, ok, m)
+    return c.safe_divide(xp, e, xp.sum(e, axis=2, keepdims=True))
+
+
+def _grouped(xp, t, G):
+    B, l, d = t.shape
+    return xp.reshape(t, (B, 1, l, G, d // G))
+
+
+def _prepare(spec, p, x, xp, causal, key_padding_mask):
+    """Flatten a 2-D grid, project, and build w' and the allowed mask."""
+    grid = None
+    if x.ndim == 4:
+        B, H, W, d = x.shape
+        grid = (H, W)
+        x = xp.reshape(x, (B, H * W, d))
+    dev = c._dev(x)
+    l = x.shape[1]
+    q = c.linear(xp, x, p["w_q"], p["b_q"])
+    k = c.linear(xp, x, p["w_k"], p["b_k"])
+    v = c.linear(xp, x, p["w_v"], p["b_v"])
+    w = position_bias(spec, p, xp, l, causal, grid, dev)
+    allowed = _allowed(xp, l, causal, key_padding_mask, dev)
+    return grid, q, k, v, w, allowed
+
+
+def apply(spec, p, x, xp, causal, key_padding_mask):
+    grid, q, k, v, w, allowed = _prepare(spec, p, x, xp, causal, key_padding_mask)
+    B, l, d = q.shape
+    G = 1 if w is None else w.shape[0]
+    kg, vg = _grouped(xp, k, G), _grouped(xp, v, G)
+    rows = max(1, BLOCK_ELEMENTS // (B * l * d))
+    blocks = []
+    for start in range(0, l, rows):
+        stop = min(l, start + rows)
+        wts = _row_weights(xp, kg, w, allowed, start, stop)
+        blocks.append(xp.reshape(xp.sum(wts * vg, axis=2), (B, stop - start, d)))
+    mixed = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
+    y = c.linear(xp, c.sigmoid(xp, q) * mixed, p["w_o"], p["b_o"])
+    return y if grid is None else xp.reshape(y, (B, grid[0], grid[1], d))
+
+
+def weights(spec, p, x, xp, causal, key_padding_mask):
+    """AFT's effective weights (B, d, l, l): row t of channel c is how position t mixes V[:, c]
+    (before the sigmoid(Q) gate).  Quadratic in l: for inspection and plots, not for long inputs."""
+    _, q, k, v, w, allowed = _prepare(spec, p, x, xp, causal, key_padding_mask)
+    B, l, d = q.shape
+    G = 1 if w is None else w.shape[0]
+    wts = _row_weights(xp, _grouped(xp, k, G), w, allowed, 0, l)
+    return xp.permute_dims(xp.reshape(wts, (B, l, l, d)), (0, 3, 1, 2))

@@ -1,0 +1,77 @@
+"""Small Array-API building blocks shared by the softmax and AFT math.
+
+Each is written so that autodiff (torch autograd, jax.grad) never meets inf * 0 or inf - inf:
+masked entries go through ``exp(-inf) = 0`` whose derivative is 0, never through a selected-away
+branch that overflowed.
+"""
+
+from __future__ import annotations
+
+
+def const(xp, value, like):
+    """A 0-d array of ``like``'s dtype and device (some namespaces refuse Python scalars in where)."""
+    return xp.asarray(value, dtype=like.dtype, device=_dev(like))
+
+
+def _dev(a):
+    from array_api_compat import device
+
+    return device(a)
+
+
+def linear(xp, x, w, b):
+    """x @ w + b over the last axis."""
+    return xp.matmul(x, w) + b
+
+
+def split_heads(xp, t, h):
+    """(B, l, h*e) -> (B, h, l, e): head i owns feature columns i*e ... i*e + e - 1.
+
+    A transpose, not a reshape: reshaping (B, l, h*e) straight to (B, h, l, e) mixes heads and
+    positions (a defect seen in public code)."""
+    B, l, d = t.shape
+    return xp.permute_dims(xp.reshape(t, (B, l, h, d // h)), (0, 2, 1, 3))
+
+
+def merge_heads(xp, t):
+    """(B, h, l, e) -> (B, l, h*e), the inverse of ``split_heads``."""
+    B, h, l, e = t.shape
+    return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (B, l, h * e))
+
+
+def causal_allowed(xp, l, dev):
+    """(l, l) boolean: True where key t' <= query t."""
+    i = xp.arange(l, device=dev)
+    return i[:, None] >= i[None, :]
+
+
+def masked_max(xp, s, allowed, axis):
+    """max over ``axis`` of s where allowed; 0 where nothing is allowed (so it can be subtracted)."""
+    ninf = const(xp, -float("inf"), s)
+    m = xp.max(xp.where(allowed, s, ninf), axis=axis, keepdims=True)
+    return xp.where(xp.isfinite(m), m, const(xp, 0.0, s))
+
+
+def masked_exp(xp, s, allowed, m):
+    """exp(s - m) where allowed, exactly 0 elsewhere (gradient 0 there, never NaN)."""
+    ninf = const(xp, -float("inf"), s)
+    return xp.exp(xp.where(allowed, s - m, ninf))
+
+
+def safe_divide(xp, num, den):
+    """num / den, with 0 where den == 0 (an empty normalizer: nothing was allowed)."""
+    one = const(xp, 1.0, den)
+    return num / xp.where(den > 0, den, one)
+
+
+def sigmoid(xp, q):
+    """A sigmoid that neither overflows nor NaNs its gradient: exp(-|q|) <= 1 always."""
+    e = xp.exp(-xp.abs(q))
+    one = const(xp, 1.0, q)
+    return xp.where(q >= 0, one / (one + e), e / (one + e))
+
+
+def softmax_1d(xp, v):
+    m = xp.max(v)
+    p = xp.exp(v - m)
+    return p / xp.sum(p)

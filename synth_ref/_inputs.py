@@ -1,0 +1,125 @@
+"""Checking and converting what a caller hands to ``apply``: x, params, masks.
+
+Everything here fails loudly with the argument's name, what was expected and what came; nothing
+is coerced in a way that could change a number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj, is_numpy_array
+from array_api_compat import device as _device
+
+from ._spec import Spec
+
+
+def _shape(a) -> tuple:
+    return tuple(int(s) if s is not None else s for s in a.shape)
+
+
+def namespace(x):
+    """The Array-API namespace of x, with an error that names x when x is not an array."""
+    if not is_array_api_obj(x):
+        raise TypeError(f"x: expected an array (numpy, torch, jax, cupy, ...); got {type(x).__name__}")
+    return array_namespace(x)
+
+
+def check_x(spec: Spec, x, xp) -> tuple[int, int]:
+    """Validate x's rank, feature size, length and dtype; return (batch, length)."""
+    two_d = spec.variant == "aft_conv" and spec.spatial_dims == 2
+    want = "(batch, height, width, d_model)" if two_d else "(batch, length, d_model)"
+    shape = _shape(x)
+    if len(shape) != (4 if two_d else 3):
+        raise ValueError(f"x: expected shape {want}; got shape {shape}")
+    if shape[-1] != spec.d_model:
+        raise ValueError(f"x: expected last axis d_model={spec.d_model}; got shape {shape}")
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"x: expected a real floating dtype; got {x.dtype}")
+    length = shape[1] * shape[2] if two_d else shape[1]
+    if length < 1 or shape[0] < 1:
+        raise ValueError(f"x: expected at least one batch element and one position; got shape {shape}")
+    if length > spec.max_len:
+        what = "height * width" if two_d else "length"
+        raise ValueError(f"x: {what} {length} exceeds max_len={spec.max_len}; got shape {shape}")
+    return shape[0], length
+
+
+def convert_params(spec: Spec, params, x, xp) -> dict:
+    """Check names and shapes; bring NumPy arrays to x's namespace, dtype and device."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict of arrays; got {type(params).__name__}")
+    want = spec.param_shapes()
+    missing = [n for n in want if n not in params]
+    extra = [n for n in params if n not in want]
+    if missing or extra:
+        raise ValueError(
+            f"params: expected exactly the arrays of {spec.variant!r} {list(want)}; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    dev = _device(x)
+    out = {}
+    for name, shape in want.items():
+        a = params[name]
+        if is_numpy_array(a):
+            if not np.issubdtype(a.dtype, np.floating):
+                raise TypeError(f"params[{name!r}]: expected a floating array; got dtype {a.dtype}")
+            a = xp.asarray(np.ascontiguousarray(a), dtype=x.dtype, device=dev)
+        elif not is_array_api_obj(a):
+            raise TypeError(f"params[{name!r}]: expected an array; got {type(a).__name__}")
+        else:
+            try:
+                array_namespace(x, a)
+            except TypeError:
+                raise TypeError(
+                    f"params[{name!r}]: expected an array of x's namespace ({xp.__name__}) or NumPy; "
+                    f"got {type(a).__module__}.{type(a).__name__}"
+                ) from None
+            if a.dtype != x.dtype:
+                raise TypeError(f"params[{name!r}]: expected x's dtype {x.dtype}; got {a.dtype}")
+        if _shape(a) != shape:
+            raise ValueError(f"params[{name!r}]: expected shape {shape}; got {_shape(a)}")
+        out[name] = a
+    return out
+
+
+def convert_mask(spec: Spec, mask, x, xp, batch: int, length: int):
+    """A (batch, length) boolean array in x's namespace, or None."""
+    if mask is None:
+        return None
+    if spec.variant == "aft_conv" and spec.spatial_dims == 2:
+        raise ValueError("key_padding_mask: not defined for aft_conv with spatial_dims=2; got a mask")
+    if is_numpy_array(mask) and not is_numpy_array(x):
+        if mask.dtype != np.bool_:
+            raise TypeError(f"key_padding_mask: expected a boolean array; got dtype {mask.dtype}")
+        mask = xp.asarray(np.ascontiguousarray(mask), device=_device(x))
+    elif not is_array_api_obj(mask):
+        raise TypeError(f"key_padding_mask: expected a boolean array; got {type(mask).__name__}")
+    else:
+        try:
+            array_namespace(x, mask)
+        except TypeError:
+            raise TypeError(
+                f"key_padding_mask: expected an array of x's namespace ({xp.__name__}) or NumPy; "
+                f"got {type(mask).__module__}.{type(mask).__name__}"
+            ) from None
+    if mask.dtype != xp.bool:
+        raise TypeError(f"key_padding_mask: expected a boolean array; got dtype {mask.dtype}")
+    if _shape(mask) != (batch, length):
+        raise ValueError(
+            f"key_padding_mask: expected shape (batch, length) = {(batch, length)}; got {_shape(mask)}"
+        )
+    return mask
+
+
+def check_causal(spec: Spec, causal) -> bool:
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected True or False; got {causal!r}")
+    causal = bool(causal)
+    if spec.variant == "aft_conv":
+        if spec.spatial_dims == 2 and causal:
+            raise ValueError("causal: not defined for aft_conv with spatial_dims=2; got causal=True")
+        if not causal and spec.kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size: a non-causal aft_conv needs an odd (centred) kernel; got {spec.kernel_size}"
+            )
+    return causal
