@@ -75,23 +75,25 @@ def _allowed(xp, l, causal, key_padding_mask, dev):
     return allowed
 
 
-def _row_weights(xp, k, w, allowed, start, stop):
-    """Normalised per-channel weights for query rows start..stop: (B, rows, l, G, d/G).
+def _row_terms(xp, k, w, allowed, start, stop):
+    """For query rows start..stop: e = exp(K[t'] + w'[t, t'] - max) over allowed t' (0 elsewhere)
+    and its sum over t', the normaliser.  Shapes (B, rows, l, G, d/G) and (B, rows, 1, G, d/G).
 
     k: (B, 1, l, G, d/G); w: (G, l, l) or None; allowed: (B|1, l, l) or None."""
-    B, _, l, G, eg = k.shape
-    rows = stop - start
     if w is None:
-        z = xp.broadcast_to(k, (B, rows, l, G, eg))
+        z = k
     else:
         z = k + xp.permute_dims(w[:, start:stop, :], (1, 2, 0))[None, :, :, :, None]
     if allowed is None:
-        ok = xp.ones((1, 1, 1, 1, 1), dtype=xp.bool, device=c._dev(k))
+        if w is None:  # no bias, no mask: every row sees the same keys
+            B, _, l, G, eg = k.shape
+            z = xp.broadcast_to(k, (B, stop - start, l, G, eg))
+        ok = None
     else:
         ok = allowed[:, start:stop, :][:, :, :, None, None]
     m = c.masked_max(xp, z, ok, axis=2)
     e = c.masked_exp(xp, z, ok, m)
-    return c.safe_divide(xp, e, xp.sum(e, axis=2, keepdims=True))
+    return e, xp.sum(e, axis=2, keepdims=True)
 
 
 def _grouped(xp, t, G):
@@ -125,8 +127,10 @@ def apply(spec, p, x, xp, causal, key_padding_mask):
     blocks = []
     for start in range(0, l, rows):
         stop = min(l, start + rows)
-        wts = _row_weights(xp, kg, w, allowed, start, stop)
-        blocks.append(xp.reshape(xp.sum(wts * vg, axis=2), (B, stop - start, d)))
+        e, den = _row_terms(xp, kg, w, allowed, start, stop)
+        # divide after summing: the normaliser is per (row, channel), so this is the same number
+        mixed = c.safe_divide(xp, xp.sum(e * vg, axis=2), den[:, :, 0, ...])
+        blocks.append(xp.reshape(mixed, (B, stop - start, d)))
     mixed = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
     y = c.linear(xp, c.sigmoid(xp, q) * mixed, p["w_o"], p["b_o"])
     return y if grid is None else xp.reshape(y, (B, grid[0], grid[1], d))
@@ -138,5 +142,6 @@ def weights(spec, p, x, xp, causal, key_padding_mask):
     _, q, k, v, w, allowed = _prepare(spec, p, x, xp, causal, key_padding_mask)
     B, l, d = q.shape
     G = 1 if w is None else w.shape[0]
-    wts = _row_weights(xp, _grouped(xp, k, G), w, allowed, 0, l)
+    e, den = _row_terms(xp, _grouped(xp, k, G), w, allowed, 0, l)
+    wts = c.safe_divide(xp, e, den)
     return xp.permute_dims(xp.reshape(wts, (B, l, l, d)), (0, 3, 1, 2))

@@ -46,14 +46,19 @@ def causal_allowed(xp, l, dev):
 
 
 def masked_max(xp, s, allowed, axis):
-    """max over ``axis`` of s where allowed; 0 where nothing is allowed (so it can be subtracted)."""
+    """max over ``axis`` of s where allowed (None: everywhere); 0 where nothing is allowed, so that
+    it can be subtracted."""
+    if allowed is None:
+        return xp.max(s, axis=axis, keepdims=True)
     ninf = const(xp, -float("inf"), s)
     m = xp.max(xp.where(allowed, s, ninf), axis=axis, keepdims=True)
     return xp.where(xp.isfinite(m), m, const(xp, 0.0, s))
 
 
 def masked_exp(xp, s, allowed, m):
-    """exp(s - m) where allowed, exactly 0 elsewhere (gradient 0 there, never NaN)."""
+    """exp(s - m) where allowed (None: everywhere), exactly 0 elsewhere (gradient 0 there, never NaN)."""
+    if allowed is None:
+        return xp.exp(s - m)
     ninf = const(xp, -float("inf"), s)
     return xp.exp(xp.where(allowed, s - m, ninf))
 

@@ -80,8 +80,6 @@ def weights(spec, p, x, xp, causal, key_padding_mask):
     s = mixed_logits(spec, p, x, xp, l)
     s = xp.broadcast_to(s, (B, spec.n_heads, l, l))
     allowed = allowed_mask(xp, l, causal, key_padding_mask, c._dev(x))
-    if allowed is None:
-        allowed = xp.ones((1, 1, l, l), dtype=xp.bool, device=c._dev(x))
     m = c.masked_max(xp, s, allowed, axis=-1)
     e = c.masked_exp(xp, s, allowed, m)
     return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
