@@ -1,0 +1,187 @@
+"""AFT family (aft_full, aft_simple, aft_local, aft_conv): forward with residuals and the
+hand-derived backward.  The derivations are in docs/backward.md, one section per variant.
+
+Forward: Q, K, V = x w_{q,k,v} + b_{q,k,v};  R[t, c] = sum_t' P[t, t', c] V[t', c] with
+P = exp(K[t', c] + w'[t, t'] - lse[t, c]) over allowed t';  y = (sigmoid(Q) * R) w_o + b_o.
+Backward, given dy:  dG = dy w_o^T;  dR = dG sigmoid(Q);  dQ = dG R sigmoid'(Q);
+(dK, dV, dw') from ``ops.aft_backward``;  then w' passes dw' back to its parameters.
+"""
+
+from __future__ import annotations
+
+from synth_ref import _common as c
+
+from ._prep import linear, linear_backward, pad_to
+
+_EPS = 1e-5  # the variance epsilon of AFT-conv's kernel normalisation (the spec's value)
+
+
+# --- w' and its parameters ----------------------------------------------------------------------
+
+def _conv_taps(spec, p, xp):
+    """w_hat (h, S), S = s or s*s, and what its backward needs (the normalised taps and sigma)."""
+    h = spec.n_heads
+    w = xp.reshape(p["conv_w"], (h, -1))
+    mean = xp.mean(w, axis=1, keepdims=True)
+    var = xp.mean((w - mean) ** 2, axis=1, keepdims=True)
+    sigma = xp.sqrt(var + c.const(xp, _EPS, w))
+    norm = (w - mean) / sigma
+    what = p["conv_gamma"][:, None] * norm + p["conv_beta"][:, None]
+    return what, {"norm": norm, "sigma": sigma}
+
+
+def _conv_taps_backward(spec, p, xp, res, dwhat):
+    """Through w_hat = gamma n + beta, n = (w - mean) / sigma (a layer norm over each head's taps):
+    dgamma = sum dw_hat n;  dbeta = sum dw_hat;  dn = gamma dw_hat;
+    dw = (dn - mean(dn) - n mean(dn n)) / sigma."""
+    norm, sigma = res["norm"], res["sigma"]
+    dgamma = xp.sum(dwhat * norm, axis=1)
+    dbeta = xp.sum(dwhat, axis=1)
+    dn = p["conv_gamma"][:, None] * dwhat
+    dw = (dn - xp.mean(dn, axis=1, keepdims=True)
+          - norm * xp.mean(dn * norm, axis=1, keepdims=True)) / sigma
+    return {"conv_w": xp.reshape(dw, p["conv_w"].shape), "conv_gamma": dgamma, "conv_beta": dbeta}
+
+
+def _conv_band(spec, xp, l, causal, grid, dev):
+    """For each query t and tap j: the key t' that tap j reaches, and whether it exists.
+    Returns (flat index t * l + t' of shape (l, S), valid (l, S)).  The adjoint of building w'."""
+    s = spec.kernel_size
+    t = xp.arange(l, device=dev)[:, None]
+    j = xp.arange(s ** (1 if grid is None else 2), device=dev)[None, :]
+    if grid is None:
+        off = s - 1 if causal else (s - 1) // 2  # w'[t, t'] = w_hat[t' - t + off]
+        key = t + j - off
+        valid = xp.logical_and(key >= 0, key < l)
+    else:
+        width = grid[1]
+        half = (s - 1) // 2  # w'[(p,q), (p',q')] = w_hat[p' - p + half, q' - q + half]
+        kp = t // width + j // s - half
+        kq = t % width + j % s - half
+        valid = xp.logical_and(xp.logical_and(kp >= 0, kq >= 0),
+                               xp.logical_and(kq < width, kp * width + kq < l))
+        key = kp * width + kq
+    key = xp.where(valid, key, xp.zeros_like(key))
+    return t * l + key, valid
+
+
+def _conv_taps_of_pairs(spec, xp, l, causal, grid, dev):
+    """For each (t, t'): which tap of w_hat w'[t, t'] is, and whether any is (both (l, l))."""
+    s = spec.kernel_size
+    i = xp.arange(l, device=dev)
+    if grid is None:
+        tap = i[None, :] - i[:, None] + (s - 1 if causal else (s - 1) // 2)
+        inside = xp.logical_and(tap >= 0, tap < s)
+    else:
+        width, half = grid[1], (s - 1) // 2
+        dp = (i // width)[None, :] - (i // width)[:, None] + half
+        dq = (i % width)[None, :] - (i % width)[:, None] + half
+        inside = xp.logical_and(xp.logical_and(dp >= 0, dp < s), xp.logical_and(dq >= 0, dq < s))
+        tap = dp * s + dq
+    return xp.where(inside, tap, xp.zeros_like(tap)), inside
+
+
+def position_forward(spec, p, xp, l, causal, grid, dev):
+    """w' (G, l, l) or None (aft_simple), and residuals for ``position_backward``."""
+    var = spec.variant
+    if var == "aft_simple":
+        return None, {}
+    if var in ("aft_full", "aft_local"):
+        res = {}
+        if spec.pos_rank is None:
+            w = p["pos_bias"][:l, :l]
+        else:
+            u, vv = p["pos_u"][:l, :], p["pos_v"][:l, :]
+            w = xp.matmul(u, xp.permute_dims(vv, (1, 0)))
+            res.update(u=u, v=vv)
+        if var == "aft_local":  # zero outside the window, not -inf
+            i = xp.arange(l, device=dev)
+            near = xp.abs(i[:, None] - i[None, :]) < spec.window
+            w = xp.where(near, w, c.const(xp, 0.0, w))
+            res["near"] = near
+        return w[None, :, :], res
+    # aft_conv: w'[g, t, t'] = w_hat[g, tap(t, t')] inside the kernel's reach, 0 outside
+    what, res = _conv_taps(spec, p, xp)
+    tap, inside = _conv_taps_of_pairs(spec, xp, l, causal, grid, dev)
+    h = what.shape[0]
+    wp = xp.reshape(xp.take(what, xp.reshape(tap, (l * l,)), axis=1), (h, l, l))
+    wp = xp.where(inside[None, ...], wp, c.const(xp, 0.0, wp))
+    res["flat"], res["valid"] = _conv_band(spec, xp, l, causal, grid, dev)
+    return wp, res
+
+
+def position_backward(spec, p, xp, res, dwp, l):
+    """dw' (G, l, l) -> {param name: gradient}."""
+    var = spec.variant
+    if var == "aft_simple":
+        return {}
+    L = spec.max_len
+    if var in ("aft_full", "aft_local"):
+        dw = dwp[0]
+        if var == "aft_local":
+            dw = xp.where(res["near"], dw, c.const(xp, 0.0, dw))
+        if spec.pos_rank is None:
+            return {"pos_bias": pad_to(xp, dw, (L, L))}
+        du = xp.matmul(dw, res["v"])
+        dv = xp.matmul(xp.permute_dims(dw, (1, 0)), res["u"])
+        r = spec.pos_rank
+        return {"pos_u": pad_to(xp, du, (L, r)), "pos_v": pad_to(xp, dv, (L, r))}
+    h = dwp.shape[0]
+    flat, valid = res["flat"], res["valid"]
+    band = xp.take(xp.reshape(dwp, (h, l * l)), xp.reshape(flat, (-1,)), axis=1)
+    band = xp.reshape(band, (h,) + tuple(flat.shape))
+    band = xp.where(valid[None, ...], band, c.const(xp, 0.0, band))
+    dwhat = xp.sum(band, axis=1)  # each (t, tap) pair is one entry of w'
+    return _conv_taps_backward(spec, p, xp, res, dwhat)
+
+
+# --- the layer ----------------------------------------------------------------------------------
+
+def _sigmoid_grad(xp, q):
+    """sigmoid'(q) = e / (1 + e)^2 with e = exp(-|q|): no 1 - sigmoid cancellation, no overflow."""
+    e = xp.exp(-xp.abs(q))
+    one = c.const(xp, 1.0, q)
+    return e / ((one + e) * (one + e))
+
+
+def forward(spec, p, x, xp, causal, kpm, ops):
+    grid = None
+    if x.ndim == 4:
+        B, H, W, d = x.shape
+        grid = (H, W)
+        x = xp.reshape(x, (B, H * W, d))
+    l = x.shape[1]
+    q = linear(xp, x, p["w_q"], p["b_q"])
+    k = linear(xp, x, p["w_k"], p["b_k"])
+    v = linear(xp, x, p["w_v"], p["b_v"])
+    wp, bres = position_forward(spec, p, xp, l, causal, grid, c._dev(x))
+    r, lse = ops.aft_forward(xp, k, v, wp, causal, kpm)
+    sg = c.sigmoid(xp, q)
+    gated = sg * r
+    y = linear(xp, gated, p["w_o"], p["b_o"])
+    res = {"grid": grid, "x": x, "q": q, "k": k, "v": v, "wp": wp, "bres": bres, "r": r, "lse": lse,
+           "sg": sg, "gated": gated}
+    if grid is not None:
+        y = xp.reshape(y, (y.shape[0],) + grid + (y.shape[2],))
+    return y, res
+
+
+def backward(spec, p, x, xp, res, dy, causal, kpm, ops):
+    grid, xf = res["grid"], res["x"]
+    B, l, d = xf.shape
+    dy = xp.reshape(dy, (B, l, d))
+    dgated, dwo, dbo = linear_backward(xp, res["gated"], p["w_o"], dy)
+    dr = dgated * res["sg"]
+    dq = dgated * res["r"] * _sigmoid_grad(xp, res["q"])
+    wp = res["wp"]
+    dk, dv, dwp = ops.aft_backward(xp, res["k"], res["v"], wp, causal, kpm, res["r"], res["lse"], dr,
+                                   wp is not None)
+    dxq, dwq, dbq = linear_backward(xp, xf, p["w_q"], dq)
+    dxk, dwk, dbk = linear_backward(xp, xf, p["w_k"], dk)
+    dxv, dwv, dbv = linear_backward(xp, xf, p["w_v"], dv)
+    dx = dxq + dxk + dxv
+    grads = {"w_q": dwq, "b_q": dbq, "w_k": dwk, "b_k": dbk, "w_v": dwv, "b_v": dbv,
+             "w_o": dwo, "b_o": dbo}
+    if wp is not None:
+        grads.update(position_backward(spec, p, xp, res["bres"], dwp, l))
+    return (dx if grid is None else xp.reshape(dx, x.shape)), grads

@@ -1,0 +1,132 @@
+"""The steps a fused CUDA kernel may replace, written once in Array-API code.
+
+``XpOps`` is the definition: it runs on any namespace (NumPy in the tests, CuPy on a GPU) and is
+what the fused kernels in :mod:`synth_ref.backends.cupy_kernels` are checked against.  Everything
+around these steps (projections, chain rules, parameter gradients) is shared code in
+``softmax_vjp`` and ``aft_vjp``; only these four methods differ between implementations.
+
+Shapes: softmax logits ``s`` (B or 1, h, l, l); AFT keys/values ``k``, ``v`` (B, l, d) with d split
+into G groups of channels (G = 1, or n_heads for aft_conv); ``wp`` the position bias w' (G, l, l) or
+None (aft_simple); ``kpm`` the key padding mask (B, l) boolean or None.
+"""
+
+from __future__ import annotations
+
+from synth_ref import _common as c
+
+#: Elements of one (B, rows, l, d) AFT block temporary; the backward holds about six at once.
+#: Any value gives the same numbers (it only sets how many query rows go together).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def allowed_pairs(xp, l, causal, kpm, dev):
+    """(B or 1, l, l) boolean of allowed (query t, key t') pairs, or None when all are."""
+    allowed = c.causal_allowed(xp, l, dev)[None, :, :] if causal else None
+    if kpm is not None:
+        kp = kpm[:, None, :]
+        allowed = kp if allowed is None else xp.logical_and(allowed, kp)
+    return allowed
+
+
+class XpOps:
+    """Reference implementations of the fusable steps (see the module docstring)."""
+
+    name = "xp"
+
+    # --- softmax family ---------------------------------------------------------------------------
+    def masked_softmax(self, xp, s, causal, kpm):
+        """P = row-softmax of s over allowed keys, 0 on rows with none.  s may have batch 1 (the
+        random synthesizers); P keeps batch 1 when no mask makes rows differ by batch element."""
+        l = s.shape[-1]
+        allowed = allowed_pairs(xp, l, causal, kpm, c._dev(s))
+        if allowed is not None:
+            allowed = allowed[:, None, :, :]
+        m = c.masked_max(xp, s, allowed, axis=-1)
+        e = c.masked_exp(xp, s, allowed, m)
+        return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
+
+    def softmax_backward(self, xp, p, dp, rowdot):
+        """dS = P * (dP - rowdot), rowdot = sum_t' P dP per row (passed in: it equals
+        sum_e dO * O, which is cheaper).  Masked entries have P = 0, hence dS = 0."""
+        return p * (dp - rowdot)
+
+    # --- AFT family -------------------------------------------------------------------------------
+    def aft_forward(self, xp, k, v, wp, causal, kpm):
+        """R[t, c] = sum_t' e^(z - lse) V[t', c] with z = K[t', c] + w'[t, t'] over allowed t', and
+        lse[t, c] = log sum_t' e^z (0 where nothing is allowed).  Returns (R, lse), both (B, l, d).
+
+        The stabiliser is the exact per-(t, c) max of z over allowed t', as in the reference, so
+        any finite input stays finite in float32 (causal included)."""
+        B, l, d = k.shape
+        out_r, out_lse = [], []
+        for z, ok, vg, rows, _ in _blocks(xp, k, v, wp, causal, kpm):
+            m = c.masked_max(xp, z, ok, axis=2)
+            e = c.masked_exp(xp, z, ok, m)
+            den = xp.sum(e, axis=2)
+            num = xp.sum(e * vg, axis=2)
+            r = c.safe_divide(xp, num, den)
+            one = c.const(xp, 1.0, den)
+            lse = m[:, :, 0, ...] + xp.log(xp.where(den > 0, den, one))
+            out_r.append(xp.reshape(r, (B, rows, d)))
+            out_lse.append(xp.reshape(lse, (B, rows, d)))
+        r, lse = _cat(xp, out_r), _cat(xp, out_lse)
+        if r.shape[1] != l:  # the row-independent case computed one representative row
+            r, lse = xp.broadcast_to(r, (B, l, d)), xp.broadcast_to(lse, (B, l, d))
+        return r, lse
+
+    def aft_backward(self, xp, k, v, wp, causal, kpm, r, lse, dr, need_dw):
+        """Given dR, return (dK, dV, dw') with P = e^(z - lse) on allowed pairs:
+        dV[t'] = sum_t P dR[t];  dz = P (V[t'] - R[t]) dR[t];  dK[t'] = sum_t dz;
+        dw'[g, t, t'] = sum over batch and group g's channels of dz (None unless need_dw)."""
+        B, l, d = k.shape
+        dk = dv = None
+        dw_blocks = []
+        independent = wp is None and not causal
+        for z, ok, vg, rows, start in _blocks(xp, k, v, wp, causal, kpm):
+            G, eg = z.shape[3], z.shape[4]
+            if independent:  # every row has the same P, so only sum_t dR[t] matters
+                lse_b, r_b = lse[:, :1, :], r[:, :1, :]
+                dr_b = xp.sum(dr, axis=1, keepdims=True)
+            else:
+                sl = slice(start, start + rows)
+                lse_b, r_b, dr_b = lse[:, sl, :], r[:, sl, :], dr[:, sl, :]
+            shape = (B, rows, 1, G, eg)
+            p = c.masked_exp(xp, z, ok, xp.reshape(lse_b, shape))
+            pd = p * xp.reshape(dr_b, shape)
+            dz = pd * (vg - xp.reshape(r_b, shape))
+            dv_b, dk_b = xp.sum(pd, axis=1), xp.sum(dz, axis=1)
+            dv = dv_b if dv is None else dv + dv_b
+            dk = dk_b if dk is None else dk + dk_b
+            if need_dw:
+                dw_blocks.append(xp.permute_dims(xp.sum(dz, axis=(0, 4)), (2, 0, 1)))
+        dwp = _cat(xp, dw_blocks, axis=1) if need_dw else None
+        return xp.reshape(dk, (B, l, d)), xp.reshape(dv, (B, l, d)), dwp
+
+
+def _cat(xp, parts, axis=1):
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
+
+
+def _blocks(xp, k, v, wp, causal, kpm):
+    """Yield (z, ok, vg, rows, start) for blocks of query rows: z = K + w' of shape
+    (B or 1, rows, l, G, d/G), ok the allowed mask broadcastable to it (or None), vg the grouped V.
+
+    Without a bias and without a causal mask every query row sees the same keys with the same
+    logits: one representative row is yielded (rows = 1) and the caller broadcasts."""
+    B, l, d = k.shape
+    G = 1 if wp is None else wp.shape[0]
+    kg = xp.reshape(k, (B, 1, l, G, d // G))
+    vg = xp.reshape(v, (B, 1, l, G, d // G))
+    if wp is None and not causal:
+        ok = None if kpm is None else kpm[:, None, :, None, None]
+        yield kg, ok, vg, 1, 0
+        return
+    allowed = allowed_pairs(xp, l, causal, kpm, c._dev(k))
+    step = max(1, BLOCK_ELEMENTS // (B * l * d))
+    for start in range(0, l, step):
+        stop = min(l, start + step)
+        z = kg if wp is None else kg + xp.permute_dims(wp[:, start:stop, :], (1, 2, 0))[None, :, :, :, None]
+        if z.shape[1] != stop - start:
+            z = xp.broadcast_to(z, (B, stop - start, l, G, d // G))
+        ok = None if allowed is None else allowed[:, start:stop, :][:, :, :, None, None]
+        yield z, ok, vg, stop - start, start
