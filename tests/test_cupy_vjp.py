@@ -76,7 +76,8 @@ def torch_gold(spec, params, x, dy, causal, mask):
     leaves = [torch.tensor(x, requires_grad=True)]
     leaves += [torch.tensor(params[n], requires_grad=True) for n in names]
     kpm = None if mask is None else torch.tensor(mask)
-    y = sr.apply(spec, dict(zip(names, leaves[1:], strict=True)), leaves[0], causal=causal, key_padding_mask=kpm)
+    p = dict(zip(names, leaves[1:], strict=True))
+    y = sr.apply(spec, p, leaves[0], causal=causal, key_padding_mask=kpm)
     grads = torch.autograd.grad(y, leaves, torch.tensor(dy), allow_unused=True)
     grads = [np.zeros(a.shape) if g is None else g.numpy() for a, g in zip(leaves, grads, strict=True)]
     return y.detach().numpy(), grads[0], dict(zip(names, grads[1:], strict=True))
