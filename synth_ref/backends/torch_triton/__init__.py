@@ -1,0 +1,85 @@
+"""Fused Triton kernels for the torch layers, and the dispatch that picks kernel or reference.
+
+:func:`layer_forward` runs one layer.  It takes a fused kernel when one covers the case and the
+tensors can run it -- CUDA tensors, or CPU tensors while ``TRITON_INTERPRET=1`` is set (Triton's
+interpreter, for tests; the kernels must also have been imported with it set, since Triton decides
+at decoration time) -- and the reference :func:`synth_ref.apply` otherwise.  It returns the path
+it took as a string, ``"triton:<kernel>"`` or ``"eager: <why>"``, so that the choice is visible.
+
+The kernels fuse the mixing step only (softmax(S) V, or AFT's weighted sums); the projections stay
+torch matmuls.  Each kernel has its own backward (``torch.autograd.Function``).  Triton is imported
+only when a kernel could run, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import synth_ref as sr
+
+KERNEL_MODES = ("auto", "never", "always")
+
+#: dtypes the kernels take on a GPU; the interpreter also takes float64 (the gold dtype of tests).
+GPU_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def kernel_name(spec) -> str | None:
+    """The fused kernel that covers ``spec``, or None.  Mask and dtype support is the same for all."""
+    from . import _plan
+
+    return _plan.kernel_name(spec)
+
+
+def _triton_state():
+    """(importable, interpreted, why-not)."""
+    try:
+        from . import _kernels
+    except ImportError as exc:
+        return False, False, f"triton is not importable ({exc})"
+    return True, _kernels.INTERPRETED, ""
+
+
+def choose(spec, x, kernels: str = "auto") -> tuple[str | None, str]:
+    """(kernel name or None, why): the decision :func:`layer_forward` takes, without running it."""
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels: expected one of {KERNEL_MODES}; got {kernels!r}")
+    if kernels == "never":
+        return None, "kernels='never'"
+    name = kernel_name(spec)
+    if name is None:
+        return None, f"no fused kernel covers {spec.variant!r} with options {spec.options()}"
+    dtype = str(x.dtype).removeprefix("torch.")
+    if x.device.type == "cuda":
+        if dtype not in GPU_DTYPES:
+            return None, f"the kernels take {GPU_DTYPES} on a GPU; got {dtype}"
+        ok, _, why = _triton_state()
+        return (name, "") if ok else (None, why)
+    if x.device.type != "cpu":
+        return None, f"no kernel for device {x.device.type!r}"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return None, "CPU tensor (kernels run on CPU only under TRITON_INTERPRET=1)"
+    ok, interpreted, why = _triton_state()
+    if not ok:
+        return None, why
+    if not interpreted:
+        return None, ("CPU tensor, but the kernels were imported without TRITON_INTERPRET=1 "
+                      "(set it before the first import)")
+    return name, ""
+
+
+def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_mask=None,
+                  kernels: str = "auto"):
+    """(y, path): the layer's output and which implementation computed it.
+
+    ``params`` are x's tensors under their canonical names (a layer's live parameters); checks on
+    x, causal and the mask are the caller's (the reference repeats them on the eager path)."""
+    name, why = choose(spec, x, kernels)
+    if name is None:
+        if kernels == "always":
+            raise RuntimeError(f"kernels='always': no fused kernel runs here: {why}")
+        y = sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        return y, f"eager: {why}"
+    from . import _plan
+
+    y = _plan.forward(name, spec, params, x, causal, key_padding_mask)
+    return y, f"triton:{name}"
