@@ -169,7 +169,8 @@ def test_padded_positions_beyond_length_get_exactly_zero():
     assert np.any(dp["r"][:, :LEN, :LEN] != 0)
 
 
-def test_long_sequence_uses_several_row_blocks(monkeypatch):
+@pytest.mark.parametrize(("causal", "padded"), [(True, False), (False, True), (True, True)])
+def test_long_sequence_uses_several_row_blocks(monkeypatch, causal, padded):
     """The AFT steps process query rows in blocks; a tiny block size must give the same numbers."""
     from synth_ref.backends.cupy_impl import ops
 
@@ -177,12 +178,39 @@ def test_long_sequence_uses_several_row_blocks(monkeypatch):
     params = _params(spec, 3)
     rng = np.random.default_rng(4)
     x, dy = rng.standard_normal((2, 7, D)), rng.standard_normal((2, 7, D))
-    whole = cupy_impl.vjp(spec, params, x, dy, causal=True)
+    mask = np.array([[True] * 7, [False, True, True, False, True, True, True]]) if padded else None
+    whole = cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=mask)
     monkeypatch.setattr(ops, "BLOCK_ELEMENTS", 2 * 7 * D * 3)  # 3 rows a block: 3 + 3 + 1
-    blocked = cupy_impl.vjp(spec, params, x, dy, causal=True)
+    blocked = cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=mask)
     assert_close(blocked[0], whole[0], "dx", rtol=1e-14)
     for n in whole[1]:
         assert_close(blocked[1][n], whole[1][n], n, rtol=1e-14)
+
+
+STRICT = [("mixture", dict(n_heads=2, components=("dot_product", "dense", "factorized_dense",
+                                                 "factorized_random", "random"), k=2, factors=(2, 4))),
+          ("mixture", dict(n_heads=2, components=("dense", "factorized_dense"), factors=(2, 4),
+                           tiling="tile")),
+          ("aft_full", dict(pos_rank=2)), ("aft_local", dict(window=2)), ("aft_simple", dict()),
+          ("aft_conv", dict(n_heads=2, kernel_size=3))]
+
+
+@pytest.mark.parametrize(("variant", "kw"), STRICT, ids=_ids(STRICT))
+def test_runs_unchanged_on_array_api_strict(variant, kw):
+    """Only standard Array-API calls (what CuPy's namespace offers too): array_api_strict refuses
+    anything else, and must give NumPy's numbers."""
+    xs = pytest.importorskip("array_api_strict", reason="the strict namespace checks portability")
+    spec = sr.Spec(variant, d_model=D, max_len=L, **kw)
+    params = _params(spec, 12)
+    rng = np.random.default_rng(13)
+    x, dy, mask = rng.standard_normal((B, LEN, D)), rng.standard_normal((B, LEN, D)), _mask("pad")
+    for causal in (False, True):
+        dx, dp = cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=mask)
+        sx, sp = cupy_impl.vjp(spec, {n: xs.asarray(a) for n, a in params.items()}, xs.asarray(x),
+                               xs.asarray(dy), causal=causal, key_padding_mask=xs.asarray(mask))
+        assert_close(np.asarray(sx), dx, "dx", rtol=1e-14)
+        for n in dp:
+            assert_close(np.asarray(sp[n]), dp[n], n, rtol=1e-14)
 
 
 def _spread_inputs(spec, causal):

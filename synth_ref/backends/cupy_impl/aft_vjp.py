@@ -117,7 +117,7 @@ def position_backward(spec, p, xp, res, dwp, l):
         return {}
     L = spec.max_len
     if var in ("aft_full", "aft_local"):
-        dw = dwp[0]
+        dw = dwp[0, ...]
         if var == "aft_local":
             dw = xp.where(res["near"], dw, c.const(xp, 0.0, dw))
         if spec.pos_rank is None:

@@ -128,5 +128,8 @@ def _blocks(xp, k, v, wp, causal, kpm):
         z = kg if wp is None else kg + xp.permute_dims(wp[:, start:stop, :], (1, 2, 0))[None, :, :, :, None]
         if z.shape[1] != stop - start:
             z = xp.broadcast_to(z, (B, stop - start, l, G, d // G))
-        ok = None if allowed is None else allowed[:, start:stop, :][:, :, :, None, None]
+        ok = None
+        if allowed is not None:  # a padding-only mask has one row for all queries: no row slice
+            ok = allowed if allowed.shape[1] == 1 else allowed[:, start:stop, :]
+            ok = ok[:, :, :, None, None]
         yield z, ok, vg, stop - start, start
