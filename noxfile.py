@@ -23,3 +23,13 @@ def lint(session):
 def tests(session):
     session.install(*CONSTRAINTS, "-e", ".[test,torch]", "jax")
     session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session
+def docs(session):
+    """Build the docs with warnings as errors (no network: MathJax is bundled), then test the build:
+    generated pages, the example adapter, and formulas typeset in headless Chromium."""
+    session.install(*CONSTRAINTS, "-e", ".[docs,test]")
+    html = ROOT / "docs" / "_build" / "html"
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(html))
+    session.run("pytest", "docs/tests", *session.posargs, env={"SYNTH_REF_DOCS_HTML": str(html)})

@@ -1,0 +1,130 @@
+"""The generator: formulas equal the Spec's numbers, text stays literal, pages carry every fact."""
+
+from __future__ import annotations
+
+import html as html_lib
+import json
+
+import numpy as np
+import pytest
+import sympy as sp
+from markdown_it import MarkdownIt
+from synth_docs import benchmarks_page, conformance_report, heatmap, samples, symbolic, variant_page
+from synth_docs import markdown as md
+from synth_docs.generate import generate
+
+import synth_ref as sr
+import synth_ref._spec as spec_module
+
+HEADS = [(v, h) for v in sr.VARIANTS for h in ((1, 4) if sr.REGISTRY[v].multihead else (1,))]
+
+
+@pytest.mark.parametrize(("variant", "n_heads"), HEADS)
+def test_formulas_equal_spec_numbers(variant, n_heads):
+    for d_model, max_len, batch, length in [(8, 16, 1, 3), (64, 256, 2, 200)]:
+        opts = samples.options_for(variant, factors=(4, max_len // 4), window=3, kernel_size=5)
+        spec = sr.Spec(variant, d_model=d_model, n_heads=n_heads, max_len=max_len, **opts)
+        rows = symbolic.verify(spec, symbolic.formulas(spec), batch, length)  # raises on any mismatch
+        assert {q for q, _, _ in rows} >= {"param_count", "paper_param_count", "flops"}
+
+
+def test_verify_catches_a_wrong_formula():
+    spec = sr.Spec("dense", d_model=8, n_heads=2, max_len=16)
+    found = symbolic.formulas(spec)
+    found["flops"] = found["flops"] + symbolic.l  # off by one term
+    with pytest.raises(AssertionError, match="disagree"):
+        symbolic.verify(spec, found, 2, 5)
+
+
+def test_known_formulas():
+    d, L, h, e, B, l, s = (symbolic.SYMBOLS[x] for x in "dLheBls")
+    dense = symbolic.formulas(sr.Spec("dense", d_model=8, n_heads=2, max_len=16))
+    assert dense["shapes"]["w_2"] == (h, e, L)
+    assert sp.expand(dense["paper_param_count"] - (h * d * e + h * e * L)) == 0
+    local = symbolic.formulas(sr.Spec("aft_local", d_model=8, max_len=16, window=3))
+    # min(2s - 1, l) survives as a Min: the window's cost stops growing once it covers l.
+    assert local["flops"].has(sp.Min(l, 2 * s - 1))
+    assert "min" not in vars(spec_module), "the symbolic min must not stay in synth_ref._spec"
+
+
+@pytest.mark.parametrize("variant", sr.VARIANTS)
+def test_paper_costs_parse_and_match_at_one_head(variant):
+    spec = samples.numeric_spec(variant)
+    ours = symbolic.single_head(symbolic.formulas(spec)["paper_param_count"], spec)
+    assert sp.simplify(ours - symbolic.single_head(symbolic.paper_cost(spec), spec)) == 0
+
+
+def test_paper_cost_parser_refuses_unknown_notation():
+    with pytest.raises(ValueError, match="paper_cost"):
+        symbolic._parse(r"\alpha d^2")
+    got = symbolic._parse("d^2 + d(a + b)")
+    assert sp.expand(got - (symbolic.d ** 2 + symbolic.d * (symbolic.a + symbolic.b))) == 0
+
+
+@pytest.mark.parametrize("raw", ["a * b and _x_ <b>", "|t - t'| < s", "$x$ `c` [l](u) # h", "R[:l, :l]"])
+def test_escaped_text_renders_literally(raw):
+    html = MarkdownIt("commonmark").render(md.text(raw))
+    assert html_lib.unescape(html.strip().removeprefix("<p>").removesuffix("</p>")) == raw
+
+
+def test_table_refuses_raw_pipe():
+    with pytest.raises(ValueError, match="unescaped"):
+        md.table(["a"], [["x | y"]])
+    assert "\\|" in md.table(["a"], [[md.text("x | y")]])
+
+
+@pytest.mark.parametrize("variant", sr.VARIANTS)
+def test_variant_page_has_every_fact(variant):
+    page, agrees = variant_page.render(variant, None)
+    info = sr.REGISTRY[variant]
+    assert agrees
+    assert info.formula in page
+    for what, why in info.conventions:
+        assert md.text(what) in page and md.text(why) in page
+    for name in samples.numeric_spec(variant).param_shapes():
+        assert md.code(name) in page
+    assert f"../img/{variant}.png" in page
+    assert conformance_report.NOT_RUN in page
+
+
+@pytest.mark.parametrize("variant", ["dense", "aft_conv"])
+def test_heat_map_panels(variant):
+    spec = samples.heat_spec(variant)
+    w = np.asarray(sr.attention_weights(spec, heatmap.display_params(spec), heatmap.sample_input(spec, 6)))
+    panels = heatmap.panels(spec, w)
+    assert len(panels) == 2 and all(m.shape == (6, 6) for _, m in panels)
+    if variant == "aft_conv":  # one channel from each head: their kernels differ
+        assert [t for t, _ in panels] == ["channel 0", f"channel {spec.head_dim}"]
+    assert heatmap.draw(spec, 6)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmarks_page(tmp_path):
+    text, figs = benchmarks_page.render(tmp_path / "absent")
+    assert "No results yet" in text and figs == {}
+    (tmp_path / "bad.json").write_text(json.dumps({"device": "x"}))
+    (tmp_path / "cpu.json").write_text(json.dumps({"device": "Test CPU 9000", "results": [
+        {"variant": "random", "backend": "numpy", "dtype": "float32", "mode": "forward", "length": n,
+         "time_ms": n / 100, "peak_bytes": n * 1000} for n in (256, 512, 1024)]}))
+    text, figs = benchmarks_page.render(tmp_path)
+    assert "Test CPU 9000" in text and "bad.json" in text and "not read" in text
+    assert list(figs) == ["bench_random.png"] and figs["bench_random.png"][:4] == b"\x89PNG"
+
+
+def test_tolerance_table_reads_the_suite_constant():
+    tol = pytest.importorskip("synth_ref.conformance.tolerances", reason="the conformance module is absent")
+    text = "\n".join(conformance_report.tolerance_section())
+    for name, floor in tol.TOLERANCES.items():
+        assert f"{floor.forward:g}" in text and md.code(name) in text
+
+
+def test_generate_removes_stale_files(tmp_path, monkeypatch):
+    monkeypatch.setenv(conformance_report.ENV, str(tmp_path / "no-report.json"))
+    monkeypatch.setenv(benchmarks_page.ENV, str(tmp_path / "no-results"))
+    stale = tmp_path / "out" / "variants" / "removed_variant.md"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    generate(tmp_path / "out")
+    assert not stale.exists()
+    pages = sorted(p.stem for p in (tmp_path / "out" / "variants").glob("*.md"))
+    assert pages == sorted([*sr.VARIANTS, "index"])
+    assert len(list((tmp_path / "out" / "img").glob("*.png"))) == len(sr.VARIANTS)
