@@ -20,6 +20,8 @@ extensions = [
     "synth_docs",
 ]
 mathjax_path = "mathjax/tex-chtml.js"  # the bundled copy, never a CDN
+# The registry's formulas write identifiers as \text{pos\_bias}: let \text{} read such macros.
+mathjax3_config = {"loader": {"load": ["[tex]/textmacros"]}, "tex": {"packages": {"[+]": ["textmacros"]}}}
 
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build", "tests", "examples", "_ext", "README.md"]
