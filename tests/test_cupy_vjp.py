@@ -8,153 +8,48 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cupy_cases import (  # shared with the kernel tests, see tests/cupy_cases.py
+    CASES,
+    CAUSAL_ONLY,
+    GRID,
+    LEN,
+    RTOL32_SPREAD,
+    B,
+    D,
+    L,
+    assert_close,
+    check,
+    ids,
+    padding_mask,
+    random_params,
+)
 
 import synth_ref as sr
 from synth_ref.backends import cupy_impl
 
-torch = pytest.importorskip("torch", reason="torch is the autodiff gold for the hand-derived vjp")
-
-# Tolerances, in one place.  float64: both sides compute the same sums in a different order, so
-# they agree to a few hundred ulps of the largest entry; 1e-10 relative leaves room and still
-# catches any wrong term (a wrong term is O(1) relative).  float32 with logits spread over +-80:
-# exp() arguments near 80 carry absolute errors of ~80 * 6e-8, so 1e-3 relative to the float64
-# result (of the same hand-derived code) is what float32 can promise there, measured against the
-# largest gradient entry of the layer: a saturated softmax has gradients of 1e-11 that float32
-# cannot resolve (dS = P (dP - rowsum) cancels), and those are compared in absolute terms.
-RTOL64 = 1e-10
-ATOL64 = 1e-13  # for gradients that are exactly 0 in exact arithmetic (padded rows of r, ...)
-RTOL32_SPREAD = 1e-3
-
-# (variant, Spec keyword arguments): every variant and every option value worth a distinct path.
-CASES = [
-    ("dot_product", dict(n_heads=2)),
-    ("dense", dict(n_heads=2)),
-    ("random", dict(n_heads=2)),
-    ("factorized_random", dict(n_heads=2, k=2)),
-    ("factorized_dense", dict(n_heads=2, factors=(2, 4))),  # gcd(a, b) > 1
-    ("factorized_dense", dict(n_heads=2, factors=(2, 4), tiling="tile")),
-    ("factorized_dense", dict(n_heads=1, factors=(8, 1), tiling="tile")),  # l < a
-    ("mixture", dict(n_heads=2, components=("dot_product", "random"))),
-    ("mixture", dict(n_heads=2, components=("dense", "factorized_dense", "factorized_random"),
-                     k=3, factors=(4, 2), tiling="tile")),
-    ("aft_full", dict()),
-    ("aft_full", dict(pos_rank=2)),
-    ("aft_simple", dict()),
-    ("aft_local", dict(window=2)),
-    ("aft_local", dict(window=3, pos_rank=2)),
-    ("aft_conv", dict(n_heads=2, kernel_size=3)),
-    ("aft_conv", dict(n_heads=2, kernel_size=1)),
-]
-CAUSAL_ONLY = [("aft_conv", dict(n_heads=2, kernel_size=4))]  # even kernels need causal
-GRID = [("aft_conv", dict(n_heads=2, kernel_size=3, spatial_dims=2)),
-        ("aft_conv", dict(n_heads=1, kernel_size=5, spatial_dims=2))]
-
-D, L, LEN, B = 4, 8, 5, 3
-
-
-def _params(spec, seed):
-    """Every parameter drawn at random (biases, position biases, mixture logits and conv
-    gamma/beta too: init leaves some at 0, which would hide their terms)."""
-    rng = np.random.default_rng(seed)
-    return {n: rng.standard_normal(s) * (0.5 if n.split(".")[-1].startswith("w_") else 1.0)
-            for n, s in spec.param_shapes().items()}
-
-
-def _mask(kind):
-    """Key padding: batch 0 all real; batch 1 pads its first key (so, causal, row 0 sees nothing);
-    batch 2 has no real key at all (every row fully masked)."""
-    if kind is None:
-        return None
-    m = np.ones((B, LEN), dtype=bool)
-    m[1, 0] = m[1, 3] = False
-    m[2, :] = False
-    return m
-
-
-def torch_gold(spec, params, x, dy, causal, mask):
-    names = list(params)
-    leaves = [torch.tensor(x, requires_grad=True)]
-    leaves += [torch.tensor(params[n], requires_grad=True) for n in names]
-    kpm = None if mask is None else torch.tensor(mask)
-    p = dict(zip(names, leaves[1:], strict=True))
-    y = sr.apply(spec, p, leaves[0], causal=causal, key_padding_mask=kpm)
-    grads = torch.autograd.grad(y, leaves, torch.tensor(dy), allow_unused=True)
-    grads = [np.zeros(a.shape) if g is None else g.numpy() for a, g in zip(leaves, grads, strict=True)]
-    return y.detach().numpy(), grads[0], dict(zip(names, grads[1:], strict=True))
-
-
-def assert_close(got, gold, what, rtol=RTOL64, atol=ATOL64):
-    assert got.shape == gold.shape, f"{what}: shape {got.shape} != {gold.shape}"
-    err = float(np.max(np.abs(got - gold))) if got.size else 0.0
-    scale = float(np.max(np.abs(gold))) if gold.size else 0.0
-    assert err <= rtol * scale + atol, f"{what}: max error {err:.3e} vs max |gold| {scale:.3e}"
-
-
-def _check(variant, kw, causal, mask_kind, seed=0, shape=None):
-    spec = sr.Spec(variant, d_model=D, max_len=L, **kw)
-    params = _params(spec, seed)
-    rng = np.random.default_rng(seed + 100)
-    xshape = shape or (B, LEN, D)
-    x = rng.standard_normal(xshape)
-    dy = rng.standard_normal(xshape)
-    mask = _mask(mask_kind)
-    try:
-        y_gold, dx_gold, dp_gold = torch_gold(spec, params, x, dy, causal, mask)
-    except (RuntimeError, ValueError) as exc:
-        if not (variant == "aft_simple" and mask is not None and not causal):
-            raise
-        _check_simple_as_full(spec, params, x, dy, mask)
-        pytest.xfail(f"reference bug (reported): sr.apply(aft_simple, causal=False, key_padding_mask=...) "
-                     f"raises {type(exc).__name__}; the hand vjp was checked against aft_full with w' = 0")
-    y = cupy_impl.apply(spec, params, x, causal=causal, key_padding_mask=mask)
-    dx, dp = cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=mask)
-    assert_close(y, y_gold, "y")
-    assert_close(dx, dx_gold, "dx")
-    assert set(dp) == set(spec.param_shapes())
-    for n in dp:
-        assert dp[n].dtype == np.float64
-        assert_close(dp[n], dp_gold[n], f"d{n}")
-    return dx, dp
-
-
-def _check_simple_as_full(spec, params, x, dy, mask):
-    """aft_simple is aft_full with w' = 0 (the spec's definition): gold through aft_full."""
-    full = sr.Spec("aft_full", d_model=spec.d_model, max_len=spec.max_len)
-    fparams = dict(params, pos_bias=np.zeros((spec.max_len, spec.max_len)))
-    y_gold, dx_gold, dp_gold = torch_gold(full, fparams, x, dy, False, mask)
-    dx, dp = cupy_impl.vjp(spec, params, x, dy, key_padding_mask=mask)
-    assert_close(cupy_impl.apply(spec, params, x, key_padding_mask=mask), y_gold, "y")
-    assert_close(dx, dx_gold, "dx")
-    for n in dp:
-        assert_close(dp[n], dp_gold[n], f"d{n}")
-
-
-def _ids(cases):
-    return [f"{v}-{'-'.join(f'{k}={val}' for k, val in kw.items())}" for v, kw in cases]
-
 
 @pytest.mark.parametrize("mask_kind", [None, "pad"])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize(("variant", "kw"), CASES, ids=_ids(CASES))
+@pytest.mark.parametrize(("variant", "kw"), CASES, ids=ids(CASES))
 def test_vjp_matches_torch_autograd(variant, kw, causal, mask_kind):
-    _check(variant, kw, causal, mask_kind)
+    check(variant, kw, causal, mask_kind)
 
 
 @pytest.mark.parametrize("mask_kind", [None, "pad"])
-@pytest.mark.parametrize(("variant", "kw"), CAUSAL_ONLY, ids=_ids(CAUSAL_ONLY))
+@pytest.mark.parametrize(("variant", "kw"), CAUSAL_ONLY, ids=ids(CAUSAL_ONLY))
 def test_vjp_even_causal_kernel(variant, kw, mask_kind):
-    _check(variant, kw, True, mask_kind)
+    check(variant, kw, True, mask_kind)
 
 
-@pytest.mark.parametrize(("variant", "kw"), GRID, ids=_ids(GRID))
+@pytest.mark.parametrize(("variant", "kw"), GRID, ids=ids(GRID))
 def test_vjp_2d_grid(variant, kw):
-    _check(variant, kw, False, None, shape=(2, 2, 3, D))
+    check(variant, kw, False, None, shape=(2, 2, 3, D))
 
 
 def test_fully_masked_rows_get_zero_gradient_not_nan():
     """Batch 2 has no real key: its output is b_o on every row, so dx there is exactly 0."""
     for variant, kw in [("dense", dict(n_heads=2)), ("aft_full", {}), ("aft_conv", dict(kernel_size=3))]:
-        dx, dp = _check(variant, kw, True, "pad")
+        dx, dp = check(variant, kw, True, "pad")
         assert np.all(dx[2] == 0.0), variant
         assert all(np.all(np.isfinite(g)) for g in dp.values())
 
@@ -162,7 +57,7 @@ def test_fully_masked_rows_get_zero_gradient_not_nan():
 def test_padded_positions_beyond_length_get_exactly_zero():
     """Parameters indexed by position beyond the input's length l < max_len never touch y."""
     spec = sr.Spec("random", d_model=D, n_heads=2, max_len=L)
-    params = _params(spec, 1)
+    params = random_params(spec, 1)
     x = np.random.default_rng(2).standard_normal((B, LEN, D))
     _, dp = cupy_impl.vjp(spec, params, x, np.ones_like(x))
     assert np.all(dp["r"][:, LEN:, :] == 0) and np.all(dp["r"][:, :, LEN:] == 0)
@@ -175,7 +70,7 @@ def test_long_sequence_uses_several_row_blocks(monkeypatch, causal, padded):
     from synth_ref.backends.cupy_impl import ops
 
     spec = sr.Spec("aft_local", d_model=D, max_len=L, window=2)
-    params = _params(spec, 3)
+    params = random_params(spec, 3)
     rng = np.random.default_rng(4)
     x, dy = rng.standard_normal((2, 7, D)), rng.standard_normal((2, 7, D))
     mask = np.array([[True] * 7, [False, True, True, False, True, True, True]]) if padded else None
@@ -195,15 +90,15 @@ STRICT = [("mixture", dict(n_heads=2, components=("dot_product", "dense", "facto
           ("aft_conv", dict(n_heads=2, kernel_size=3))]
 
 
-@pytest.mark.parametrize(("variant", "kw"), STRICT, ids=_ids(STRICT))
+@pytest.mark.parametrize(("variant", "kw"), STRICT, ids=ids(STRICT))
 def test_runs_unchanged_on_array_api_strict(variant, kw):
     """Only standard Array-API calls (what CuPy's namespace offers too): array_api_strict refuses
     anything else, and must give NumPy's numbers."""
     xs = pytest.importorskip("array_api_strict", reason="the strict namespace checks portability")
     spec = sr.Spec(variant, d_model=D, max_len=L, **kw)
-    params = _params(spec, 12)
+    params = random_params(spec, 12)
     rng = np.random.default_rng(13)
-    x, dy, mask = rng.standard_normal((B, LEN, D)), rng.standard_normal((B, LEN, D)), _mask("pad")
+    x, dy, mask = rng.standard_normal((B, LEN, D)), rng.standard_normal((B, LEN, D)), padding_mask("pad")
     for causal in (False, True):
         dx, dp = cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=mask)
         sx, sp = cupy_impl.vjp(spec, {n: xs.asarray(a) for n, a in params.items()}, xs.asarray(x),
@@ -217,7 +112,7 @@ def _spread_inputs(spec, causal):
     """Keys spread over +-80 along the sequence: a global key max would underflow the visible
     terms under a causal mask (a defect of public code); the per-row max must keep them."""
     l = LEN
-    params = _params(spec, 5)
+    params = random_params(spec, 5)
     x = np.random.default_rng(6).standard_normal((2, l, D)) * 0.1
     x[0, :, 0] = np.linspace(1.0, -1.0, l)  # batch 0: the first key is the largest (seen by all rows)
     x[1, :, 0] = np.linspace(-1.0, 1.0, l)  # batch 1: the largest key is last (future under causal)
@@ -234,7 +129,7 @@ SPREAD = [("dot_product", dict(n_heads=2)), ("random", dict(n_heads=2)), ("aft_f
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize(("variant", "kw"), SPREAD, ids=_ids(SPREAD))
+@pytest.mark.parametrize(("variant", "kw"), SPREAD, ids=ids(SPREAD))
 def test_float32_finite_with_keys_spread_80(variant, kw, causal):
     spec = sr.Spec(variant, d_model=D, max_len=L, **kw)
     params, x = _spread_inputs(spec, causal)
@@ -255,7 +150,7 @@ def test_float32_finite_with_keys_spread_80(variant, kw, causal):
 
 def test_float16_is_computed_in_float32_and_returned_as_float16():
     spec = sr.Spec("aft_full", d_model=D, max_len=L)
-    params = _params(spec, 8)
+    params = random_params(spec, 8)
     rng = np.random.default_rng(9)
     x, dy = rng.standard_normal((2, LEN, D)), rng.standard_normal((2, LEN, D))
     dx64, _ = cupy_impl.vjp(spec, params, x, dy)
@@ -272,7 +167,7 @@ def test_adapter_object_follows_the_protocol_and_matches_module():
     adapter = backends.load("synth_ref.backends.cupy_impl:numpy_adapter")
     assert backends.has_vjp(adapter) and adapter.available()[0]
     spec = sr.Spec("factorized_random", d_model=D, n_heads=2, max_len=L, k=2)
-    params = _params(spec, 10)
+    params = random_params(spec, 10)
     x = adapter.from_numpy(np.random.default_rng(11).standard_normal((B, LEN, D)), "float64")
     dx, dp = adapter.vjp(spec, params, x, np.ones_like(x), causal=True, key_padding_mask=None)
     dx2, dp2 = cupy_impl.vjp(spec, params, x, np.ones_like(x), causal=True)

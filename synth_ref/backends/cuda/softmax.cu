@@ -1,0 +1,69 @@
+// Softmax family: the masked row softmax (forward) and its Jacobian-vector product (backward).
+//
+// The masks are computed from indices, never read from an (l, l) array: a causal flag and an
+// optional key padding mask kpm (B, l), True = real key.  A row with no allowed key gives P = 0.
+// Layout: logits s (B or 1, H, l, l) row-major; s_batch_stride = 0 shares one batch of logits
+// (the random synthesizers) among all batch elements.
+#include "sr_math.cuh"
+
+#ifndef SR_SOFTMAX_THREADS
+#define SR_SOFTMAX_THREADS 256  // threads per row; a power of two; the launch must use exactly this
+#endif
+
+// One block per row.  Three passes over the row (max, sum, write); the row stays in L1/L2 between
+// them.  Replaces where/max/where/exp/sum/divide, six passes over (B, H, l, l), with one read and
+// one write.
+extern "C" __global__ void masked_softmax_fwd(
+    const scalar_t* __restrict__ s, scalar_t* __restrict__ p, const bool* __restrict__ kpm,
+    long long rows_per_batch, int l, long long s_batch_stride, int causal, int has_kpm) {
+  __shared__ scalar_t red[SR_SOFTMAX_THREADS];
+  const long long row = blockIdx.x;  // b * rows_per_batch + head * l + t
+  const long long b = row / rows_per_batch;
+  const long long within = row % rows_per_batch;
+  const int t = (int)(within % l);
+  const scalar_t* srow = s + b * s_batch_stride + within * l;
+  scalar_t* prow = p + row * l;
+  const bool* keys = kpm + b * l;
+  const int tid = threadIdx.x;
+  const int stop = causal ? t + 1 : l;
+
+  scalar_t m = sr_lowest(scalar_t(0));
+  for (int j = tid; j < stop; j += SR_SOFTMAX_THREADS)
+    if (!has_kpm || keys[j]) m = sr_max(m, srow[j]);
+  red[tid] = m;
+  __syncthreads();
+  for (int w = SR_SOFTMAX_THREADS / 2; w > 0; w >>= 1) {
+    if (tid < w) red[tid] = sr_max(red[tid], red[tid + w]);
+    __syncthreads();
+  }
+  m = red[0];
+  __syncthreads();  // everyone has read red[0] before it is reused
+
+  scalar_t sum = 0;
+  for (int j = tid; j < stop; j += SR_SOFTMAX_THREADS)
+    if (!has_kpm || keys[j]) sum += sr_exp(srow[j] - m);
+  red[tid] = sum;
+  __syncthreads();
+  for (int w = SR_SOFTMAX_THREADS / 2; w > 0; w >>= 1) {
+    if (tid < w) red[tid] += red[tid + w];
+    __syncthreads();
+  }
+  sum = red[0];
+  // sum >= 1 when any key is allowed (the max contributes exp(0)); 0 means the row is empty.
+  const scalar_t inv = sum > 0 ? scalar_t(1) / sum : scalar_t(0);
+  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS) {
+    const bool ok = j < stop && (!has_kpm || keys[j]);
+    prow[j] = ok ? sr_exp(srow[j] - m) * inv : scalar_t(0);
+  }
+}
+
+// dS = P * (dP - rowdot[row]) elementwise over n = rows * l entries; P may be shared by the batch
+// (p_elems = its size, indices wrap).  Masked entries have P = 0, so they get dS = 0.
+extern "C" __global__ void softmax_bwd(
+    const scalar_t* __restrict__ p, const scalar_t* __restrict__ dp,
+    const scalar_t* __restrict__ rowdot, scalar_t* __restrict__ ds,
+    long long n, int l, long long p_elems) {
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
+    ds[i] = p[i % p_elems] * (dp[i] - rowdot[i / l]);
+}

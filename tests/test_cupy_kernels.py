@@ -1,0 +1,243 @@
+"""The CuPy adapter's CUDA kernels, run on the CPU.
+
+The very sources CuPy compiles (synth_ref/backends/cuda/*.cu) are built with the host C++ compiler
+against a small emulation of the CUDA execution model (tests/cuda_emu/emu.h) and driven through
+``KernelOps``, the same glue ``CupyOps`` uses on a GPU (argument packing, shapes, the
+one-representative-row case).  They are checked against the Array-API steps (``XpOps``) and, for
+the whole vjp, against torch autograd of the reference.  Not shown here: anything about real GPU
+execution (NVRTC, scheduling, races between warps, speed); see test_cupy_gpu.py for that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cupy_cases import CASES, CAUSAL_ONLY, GRID, RTOL64, assert_close, check, ids
+
+from synth_ref.backends import cupy_kernels as ck
+from synth_ref.backends.cupy_impl.ops import XpOps
+
+CXX = shutil.which("g++") or shutil.which("c++")
+pytestmark = pytest.mark.skipif(
+    CXX is None, reason="no host C++ compiler (g++/c++) to build the CPU emulation of the kernels")
+
+EMU_DIR = Path(__file__).with_name("cuda_emu")
+EMU_THREADS = 32  # the softmax kernel's block size in the emulation: one warp, so rows of 37 and
+#                   70 keys exercise the strided loops and the tree reduction
+_C_TYPES = {"ptr": ("void*", ctypes.c_void_p), "i32": ("int", ctypes.c_int),
+            "i64": ("long long", ctypes.c_longlong)}
+
+
+def _harness() -> str:
+    """A launcher emu_<kernel>(grid, block, args...) for every kernel in the adapter's table."""
+    lines = ['#include "emu.h"'] + [f'#include "{f}"' for f in ck.SOURCES]
+    for name, sig in ck.SIGNATURES.items():
+        params = ", ".join(f"{_C_TYPES[t][0]} a{i}" for i, t in enumerate(sig))
+        args = ", ".join(f"emu_ptr{{a{i}}}" if t == "ptr" else f"a{i}" for i, t in enumerate(sig))
+        coop = "true" if name in ck.COOPERATIVE else "false"
+        lines.append(f'extern "C" void emu_{name}(unsigned grid, unsigned block, {params}) '
+                     f'{{ emu_launch(grid, block, {coop}, [&] {{ {name}({args}); }}); }}')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cuda_emu")
+    src = out / "harness.cpp"
+    src.write_text(_harness())
+    built = {}
+    for dtype, ctype in (("float32", "float"), ("float64", "double")):
+        so = out / f"emu_{ctype}.so"
+        cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-Dscalar_t={ctype}",
+               f"-DSR_SOFTMAX_THREADS={EMU_THREADS}", f"-I{EMU_DIR}", f"-I{ck.CUDA_DIR}", "-Wall", "-Werror",
+               "-Wno-unknown-pragmas", str(src), "-o", str(so)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+        built[dtype] = ctypes.CDLL(str(so))
+    return built
+
+
+class EmuOps(ck.KernelOps):
+    """KernelOps launching into the CPU emulation (NumPy arrays, ctypes)."""
+
+    name = "emulated-kernels"
+    softmax_threads = EMU_THREADS
+
+    def __init__(self, libs):
+        self.libs = libs
+        self.launched = []
+
+    def _contig(self, a):
+        return np.ascontiguousarray(a)
+
+    def _launch(self, name, dtype, grid, block, args):
+        fn = getattr(self.libs[dtype], "emu_" + name)
+        sig = ck.SIGNATURES[name]
+        fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [_C_TYPES[t][1] for t in sig]
+        fn.restype = None
+        packed = []
+        for a, kind in zip(args, sig, strict=True):
+            if kind == "ptr":
+                assert a.flags.c_contiguous, f"{name}: a non-contiguous array reached the kernel"
+                assert a.dtype == (np.bool_ if a.dtype == np.bool_ else np.dtype(dtype)), name
+                packed.append(a.ctypes.data)
+            else:
+                packed.append(int(a))
+        fn(grid, block, *packed)
+        self.launched.append(name)
+
+
+@pytest.fixture(scope="module")
+def emu(libs):
+    return EmuOps(libs)
+
+
+# --- the source table --------------------------------------------------------------------------
+
+def test_kernel_table_matches_the_sources():
+    """Every .cu in the directory is in SOURCES (so the nvcc check and the loader see the same set),
+    and each kernel's parameter count and kinds agree with SIGNATURES."""
+    assert set(ck.SOURCES) == {p.name for p in ck.CUDA_DIR.glob("*.cu")}
+    assert set(ck.SIGNATURES) == {k for names in ck.SOURCES.values() for k in names}
+    for filename, names in ck.SOURCES.items():
+        text = (ck.CUDA_DIR / filename).read_text()
+        for name in names:
+            m = re.search(rf'extern "C" __global__ void {name}\((.*?)\)\s*{{', text, re.S)
+            assert m, f"{filename}: kernel {name} not found"
+            params = [p.strip() for p in m.group(1).split(",")]
+            kinds = ["ptr" if "*" in p else "i64" if p.startswith("long long") else "i32" for p in params]
+            assert tuple(kinds) == ck.SIGNATURES[name], name
+
+
+# --- each step against the Array-API definition -------------------------------------------------
+
+RTOL = {"float64": 1e-13, "float32": 2e-6}  # same math, different summation order and e * (1/sum)
+
+
+def _kpm(B, l, rng):
+    m = rng.random((B, l)) > 0.3
+    m[-1, :] = False  # one batch element with no real key: every row empty
+    return m
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("B", "h", "l"), [(3, 2, 5), (2, 1, 37)])
+def test_masked_softmax_kernel(emu, dtype, B, h, l):
+    rng = np.random.default_rng(l)
+    for shared in (False, True):
+        s = (rng.standard_normal((1 if shared else B, h, l, l)) * 30).astype(dtype)
+        for causal in (False, True):
+            for kpm in (None, _kpm(B, l, rng)):
+                got = emu.masked_softmax(np, s, causal, kpm)
+                want = XpOps().masked_softmax(np, s, causal, kpm)
+                assert got.dtype == np.dtype(dtype)
+                assert_close(got, np.broadcast_to(want, got.shape), "P", RTOL[dtype], 0)
+                if kpm is not None:
+                    assert np.all(got[-1] == 0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_softmax_backward_kernel(emu, dtype):
+    rng = np.random.default_rng(1)
+    B, h, l = 3, 2, 6
+    for pb in (B, 1):
+        p = rng.random((pb, h, l, l)).astype(dtype)
+        dp = rng.standard_normal((B, h, l, l)).astype(dtype)
+        rowdot = rng.standard_normal((B, h, l, 1)).astype(dtype)
+        got = emu.softmax_backward(np, p, dp, rowdot)
+        assert_close(got, XpOps().softmax_backward(np, p, dp, rowdot), "dS", RTOL[dtype], 0)
+
+
+def _aft_inputs(rng, B, l, d, G, spread, dtype):
+    k = rng.standard_normal((B, l, d)) * spread
+    v = rng.standard_normal((B, l, d))
+    wp = None if G is None else rng.standard_normal((G, l, l))
+    dr = rng.standard_normal((B, l, d))
+    return tuple(None if a is None else a.astype(dtype) for a in (k, v, wp, dr))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("G", [None, 1, 2])
+def test_aft_kernels(emu, dtype, G):
+    rng = np.random.default_rng(2)
+    B, l, d = 3, 7, 4
+    for causal in (False, True):
+        for kpm in (None, _kpm(B, l, rng)):
+            k, v, wp, dr = _aft_inputs(rng, B, l, d, G, 1.0, dtype)
+            r, lse = emu.aft_forward(np, k, v, wp, causal, kpm)
+            r0, lse0 = XpOps().aft_forward(np, k, v, wp, causal, kpm)
+            assert_close(r, r0, "R", RTOL[dtype], 0)
+            assert_close(lse, lse0, "lse", RTOL[dtype], 0)
+            got = emu.aft_backward(np, k, v, wp, causal, kpm, r0, lse0, dr, wp is not None)
+            want = XpOps().aft_backward(np, k, v, wp, causal, kpm, r0, lse0, dr, wp is not None)
+            for name, a, b in zip(("dK", "dV", "dw'"), got, want, strict=True):
+                if b is None:
+                    assert a is None
+                else:
+                    assert_close(a, b, name, 10 * RTOL[dtype], 0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_aft_kernels_float32_keys_spread_80(emu, causal):
+    """The online maximum is exact per (row, channel): float32 stays finite and matches float64."""
+    rng = np.random.default_rng(3)
+    B, l, d = 2, 9, 4
+    k, v, wp, dr = _aft_inputs(rng, B, l, d, 1, 1.0, "float64")
+    k[0] += np.linspace(80, -80, l)[:, None]  # largest key first
+    k[1] += np.linspace(-80, 80, l)[:, None]  # largest key last: in every row's future when causal
+    r64, lse64 = XpOps().aft_forward(np, k, v, wp, causal, None)
+    f32 = [a.astype(np.float32) for a in (k, v, wp, dr)]
+    r, lse = emu.aft_forward(np, f32[0], f32[1], f32[2], causal, None)
+    assert np.all(np.isfinite(r)) and np.all(np.isfinite(lse))
+    assert_close(r.astype(np.float64), r64, "R float32", 1e-4, 0)
+    grads = emu.aft_backward(np, *f32[:3], causal, None, r, lse, f32[3], True)
+    want = XpOps().aft_backward(np, k, v, wp, causal, None, r64, lse64, dr, True)
+    # Judged against the largest gradient entry: with keys 80 apart the weights saturate and dK
+    # is a difference V - R of nearly equal numbers, tiny and beyond float32's relative reach.
+    scale = max(float(np.max(np.abs(b))) for b in want)
+    for name, a, b in zip(("dK", "dV", "dw'"), grads, want, strict=True):
+        assert np.all(np.isfinite(a)), name
+        assert_close(a.astype(np.float64), b, name, 0, 1e-5 * scale)
+
+
+def test_float16_and_other_dtypes_fall_back_to_the_array_api_steps(emu):
+    before = len(emu.launched)
+    s = np.random.default_rng(4).standard_normal((1, 1, 3, 3)).astype(np.float16)
+    emu.masked_softmax(np, s, True, None)
+    assert len(emu.launched) == before
+
+
+# --- the whole vjp through the kernels ---------------------------------------------------------
+
+WHOLE = [(v, kw, causal) for v, kw in CASES for causal in (False, True)] + [
+    (v, kw, True) for v, kw in CAUSAL_ONLY]  # an even aft_conv kernel is defined only with causal
+
+
+@pytest.mark.parametrize("mask_kind", [None, "pad"])
+@pytest.mark.parametrize(("variant", "kw", "causal"), WHOLE,
+                         ids=[f"{i}-causal={c}" for i, (*_, c) in zip(ids([w[:2] for w in WHOLE]), WHOLE,
+                                                                        strict=True)])
+def test_vjp_through_emulated_kernels_matches_torch_autograd(emu, variant, kw, causal, mask_kind):
+    before = len(emu.launched)
+    check(variant, kw, causal, mask_kind, ops=emu, rtol=RTOL64)
+    launched = set(emu.launched[before:])
+    fused = {"masked_softmax_fwd", "softmax_bwd"} if variant in ck_softmax() else {"aft_fwd", "aft_bwd_kv"}
+    assert fused <= launched, f"expected the fused kernels {fused} to run; ran {launched}"
+
+
+@pytest.mark.parametrize(("variant", "kw"), GRID, ids=ids(GRID))
+def test_vjp_2d_grid_through_emulated_kernels(emu, variant, kw):
+    check(variant, kw, False, None, shape=(2, 2, 3, 4), ops=emu)
+    assert "aft_bwd_w" in emu.launched
+
+
+def ck_softmax():
+    from synth_ref.variants import SOFTMAX_VARIANTS
+
+    return set(SOFTMAX_VARIANTS) | {"mixture"}
