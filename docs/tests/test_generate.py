@@ -98,16 +98,51 @@ def test_heat_map_panels(variant):
     assert heatmap.draw(spec, 6)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _bench_doc():
+    """A small result file in the harness's schema (checked with its own validator when present)."""
+    def row(impl, variant, n, t, role="adapter"):
+        return {"impl": impl, "role": role, "variant": variant, "dtype": "float32", "length": n, "batch": 1,
+                "d_model": 64, "n_heads": 4, "pass": "forward", "status": "ok", "time_s": t,
+                "times_s": [t], "peak_bytes": 1000 * n, "memory_method": "rss", "note": "",
+                "flops": None, "bytes": None, "floor_s": None, "floor_bound": None, "vs_sdpa": None,
+                "vs_naive": None, "naive_ref": None, "vs_floor": None}
+    rows = [row("numpy", "random", n, n / 1e5) for n in (256, 512)]
+    rows += [row("sdpa", None, n, n / 1e6, "baseline") for n in (256, 512)]
+    rows.append({**row("numpy", "random", 1024, None), "status": "out of memory", "time_s": None})
+    return {"schema": benchmarks_page.SCHEMA, "mode": "quick",
+            "device": {"kind": "cpu", "name": "Test CPU 9000"}, "versions": {}, "settings": {},
+            "calibration": {"matmul_flops_per_s": {}, "copy_bytes_per_s": 1.0},
+            "elapsed_s": 1.0, "results": rows, "claim_results": [], "stops": [], "skipped": [],
+            "fits": [{"impl": "numpy", "variant": "random", "dtype": "float32", "pass": "forward",
+                      "quantity": "time", "exponent": 1.0, "coefficient": 1e-5, "points": 2,
+                      "lengths": [256, 512]}],
+            "cpu_row": [], "claims": {"random_vs_dynamic_conv": {"verdict": "agrees: test verdict"},
+                                      "aft_memory": {"verdict": "not measured (too few lengths)"}}}
+
+
+def test_benchmark_reader_matches_the_harness_schema():
+    schema = pytest.importorskip("benchmarks.schema", reason="the benchmark harness (issue 8) is absent")
+    assert schema.SCHEMA == benchmarks_page.SCHEMA
+    for key, kind in {**benchmarks_page._ROW, "variant": str, "time_s": float, "peak_bytes": int}.items():
+        assert kind in schema.ROW[key], f"results[].{key}: harness writes {schema.ROW[key]}, docs read {kind}"
+    # Our fixture, completed with any further keys the harness now requires, is a valid file.
+    doc = _bench_doc()
+    for row in doc["results"]:
+        for key, kinds in {**schema.ROW, **schema.MEASURED}.items():
+            row.setdefault(key, None if type(None) in kinds else kinds[0]())
+    assert schema.validate(doc) == []
+
+
 def test_benchmarks_page(tmp_path):
     text, figs = benchmarks_page.render(tmp_path / "absent")
     assert "No results yet" in text and figs == {}
     (tmp_path / "bad.json").write_text(json.dumps({"device": "x"}))
-    (tmp_path / "cpu.json").write_text(json.dumps({"device": "Test CPU 9000", "results": [
-        {"variant": "random", "backend": "numpy", "dtype": "float32", "mode": "forward", "length": n,
-         "time_ms": n / 100, "peak_bytes": n * 1000} for n in (256, 512, 1024)]}))
+    (tmp_path / "quick.json").write_text(json.dumps(_bench_doc()))
     text, figs = benchmarks_page.render(tmp_path)
-    assert "Test CPU 9000" in text and "bad.json" in text and "not read" in text
-    assert list(figs) == ["bench_random.png"] and figs["bench_random.png"][:4] == b"\x89PNG"
+    assert md.text("Test CPU 9000") in text and md.text("agrees: test verdict") in text
+    assert "bad.json" in text and "not read" in text
+    assert list(figs) == ["bench_quick_random.png"] and figs["bench_quick_random.png"][:4] == b"\x89PNG"
+    assert "1.00" in text  # the fitted exponent
 
 
 def test_tolerance_table_reads_the_suite_constant():

@@ -1,13 +1,11 @@
-"""The benchmark page: plots of time and peak memory against sequence length from
-``benchmarks/results/*.json``.
+"""The benchmark page: time and peak memory against sequence length, per variant, from
+``benchmarks/results/*.json`` (written by ``nox -s bench``, schema ``synth-ref-bench/1``, defined in
+``benchmarks/schema.py``), with the device named.
 
-The harness (issue 8) is not written yet; this reads the layout below and lists any file it cannot
-read, with the reason, instead of guessing::
-
-    {"device": "NVIDIA H100 80GB HBM3",            # named on the page
-     "results": [{"variant": "dense", "backend": "torch", "dtype": "bfloat16",
-                  "mode": "forward" | "forward_backward", "length": 1024,
-                  "time_ms": 0.81, "peak_bytes": 4400000000}, ...]}
+Only what the page draws is read: ``device.name``, ``mode``, ``claims.*.verdict``, ``fits`` and the
+rows of ``results`` whose status is "ok" (impl, role, variant, dtype, pass, length, time_s,
+peak_bytes).  Rows with variant None are baselines (dot-product attention, convolutions): they are
+drawn grey and dashed on every variant's plot.  A file in another layout is listed as not read.
 """
 
 from __future__ import annotations
@@ -27,38 +25,59 @@ from . import markdown as md  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = "SYNTH_REF_BENCHMARK_RESULTS"
-_KEYS = {"variant": str, "backend": str, "dtype": str, "mode": str, "length": int, "time_ms": (int, float)}
+SCHEMA = "synth-ref-bench/1"
+_ROW = {"impl": str, "dtype": str, "pass": str, "length": int, "status": str}
 
 
 def results_dir() -> Path:
     return Path(os.environ.get(ENV) or ROOT / "benchmarks" / "results")
 
 
-def read(path: Path) -> tuple[str, list[dict]]:
-    """(device, records) of one file; ValueError naming the file and what is wrong."""
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("device"), str) or not isinstance(
-            data.get("results"), list):
-        raise ValueError("expected an object with 'device' (string) and 'results' (list)")
-    for i, rec in enumerate(data["results"]):
-        for key, kind in _KEYS.items():
-            if not isinstance(rec.get(key), kind):
-                raise ValueError(f"results[{i}].{key}: expected {kind}; got {rec.get(key)!r}")
-    return data["device"], data["results"]
+def read(path: Path) -> dict:
+    """The parts of one result file the page uses; ValueError saying what is wrong."""
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"schema: expected {SCHEMA!r}; got {got!r}")
+    device = doc.get("device")
+    if not isinstance(device, dict) or not isinstance(device.get("name"), str):
+        raise ValueError("device.name: expected a string")
+    if not isinstance(doc.get("results"), list):
+        raise ValueError("results: expected a list")
+    rows = []
+    for i, r in enumerate(doc["results"]):
+        for key, kind in _ROW.items():
+            if not isinstance(r.get(key), kind):
+                raise ValueError(f"results[{i}].{key}: expected {kind.__name__}; got {r.get(key)!r}")
+        if r["status"] == "ok" and isinstance(r.get("time_s"), (int, float)):
+            rows.append(r)
+    claims = {k: v["verdict"] for k, v in (doc.get("claims") or {}).items()
+              if isinstance(v, dict) and isinstance(v.get("verdict"), str)}
+    return {"device": device["name"], "kind": device.get("kind", ""), "mode": doc.get("mode", path.stem),
+            "rows": rows, "claims": claims, "fits": [f for f in doc.get("fits") or [] if isinstance(f, dict)]}
 
 
-def _plot(series: dict, variant: str) -> bytes:
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+def _label(r) -> str:
+    return f"{r['impl']} {r['dtype']} {r['pass'].replace('_', '+')}"
+
+
+def _plot(rows: list[dict], baselines: list[dict], title: str) -> bytes:
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    series = defaultdict(list)
+    for r in rows + baselines:
+        series[(r.get("variant") is None, _label(r))].append(r)
     any_memory = False
-    for label, recs in sorted(series.items()):
+    for (is_base, label), recs in sorted(series.items()):
         recs = sorted(recs, key=lambda r: r["length"])
-        ls = [r["length"] for r in recs]
-        ax_t.plot(ls, [r["time_ms"] for r in recs], marker="o", label=label)
-        mem = [(r["length"], r["peak_bytes"] / 2**20) for r in recs
-               if isinstance(r.get("peak_bytes"), (int, float))]
+        style = {"color": "0.6", "linestyle": "--"} if is_base else {
+            "linestyle": "-" if recs[0]["pass"] == "forward" else ":"}
+        ax_t.plot([r["length"] for r in recs], [r["time_s"] * 1e3 for r in recs], marker="o", ms=3,
+                  label=label, **style)
+        mem = [r for r in recs if isinstance(r.get("peak_bytes"), int)]
         if mem:
             any_memory = True
-            ax_m.plot([m[0] for m in mem], [m[1] for m in mem], marker="o", label=label)
+            ax_m.plot([r["length"] for r in mem], [r["peak_bytes"] / 2**20 for r in mem], marker="o", ms=3,
+                      label=label, **style)
     for ax, what in ((ax_t, "time (ms)"), (ax_m, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -67,9 +86,10 @@ def _plot(series: dict, variant: str) -> bytes:
         ax.grid(True, which="both", alpha=0.3)
     if not any_memory:
         ax_m.text(0.5, 0.5, "no memory recorded", ha="center", va="center", transform=ax_m.transAxes)
-    ax_t.set_title(f"{variant}: time")
-    ax_m.set_title(f"{variant}: peak memory")
-    ax_t.legend(fontsize=7)
+    ax_t.set_title(f"{title}: time")
+    ax_m.set_title(f"{title}: peak memory")
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
     plt.close(fig)
@@ -77,33 +97,43 @@ def _plot(series: dict, variant: str) -> bytes:
 
 
 def render(directory: Path | None = None) -> tuple[str, dict[str, bytes]]:
-    """(Markdown, {figure file name: PNG bytes})."""
+    """(the page's Markdown, {figure file name: PNG bytes})."""
     directory = results_dir() if directory is None else Path(directory)
     files = sorted(directory.glob("*.json")) if directory.is_dir() else []
-    by_variant: dict[str, dict] = defaultdict(lambda: defaultdict(list))
-    devices, problems = [], []
+    out = ["# Benchmarks\n",
+           "Time and peak memory against sequence length, per variant, implementation, dtype and pass "
+           "(forward solid, forward + backward dotted; baselines grey and dashed), read at build time "
+           "from `benchmarks/results/*.json` (written by `nox -s bench`).\n"]
+    figures, read_any, problems = {}, False, []
     for path in files:
         try:
-            device, recs = read(path)
+            doc = read(path)
         except (ValueError, json.JSONDecodeError) as exc:
             problems.append(f"- {md.code(path.name)}: not read ({md.text(exc)})")
             continue
-        devices.append(f"- {md.code(path.name)}: {md.text(device)}, {len(recs)} measurements")
-        for r in recs:
-            by_variant[r["variant"]][f"{r['backend']} {r['dtype']} {r['mode']} ({device})"].append(r)
-    head = ["# Benchmarks\n",
-            "Time and peak memory against sequence length, per variant, backend, dtype and mode, read at "
-            "build time from `benchmarks/results/*.json` (written by `nox -s bench`).\n"]
-    if not by_variant:
-        text = "No results yet: `benchmarks/results/` holds no benchmark JSON"
-        text += " that could be read.\n" if files else ".\n"
-        return "\n".join([*head, text, *problems]) + "\n", {}
-    out = [*head, "Files read, with the device each was measured on:\n", *devices, *problems, ""]
-    figures = {}
-    for variant in sorted(by_variant):
-        fname = f"bench_{variant}.png"
-        figures[fname] = _plot(by_variant[variant], variant)
-        out += [f"## {md.text(variant)}\n",
-                f"```{{figure}} img/{fname}\n:alt: time and memory of {variant} against length\n\n"
-                f"Time and peak memory of {md.text(variant)} against sequence length (log-log).\n```\n"]
+        read_any = True
+        out += [f"## {md.text(doc['mode'])}: {md.text(doc['device'])}\n",
+                f"From {md.code(path.name)}; device {md.text(doc['device'])} ({md.text(doc['kind'])}), "
+                f"{len(doc['rows'])} measurements.\n"]
+        for claim, verdict in sorted(doc["claims"].items()):
+            out.append(f"- {md.code(claim)}: {md.text(verdict)}")
+        out.append("")
+        baselines = [r for r in doc["rows"] if r.get("variant") is None]
+        for variant in sorted({r["variant"] for r in doc["rows"] if r.get("variant") is not None}):
+            fname = f"bench_{path.stem}_{variant}.png"
+            rows = [r for r in doc["rows"] if r.get("variant") == variant]
+            figures[fname] = _plot(rows, baselines, variant)
+            fits = [f for f in doc["fits"] if f.get("variant") == variant and f.get("quantity") == "time"]
+            out += [f"### {md.text(variant)}\n",
+                    f"```{{figure}} img/{fname}\n:alt: time and memory of {variant} against length on "
+                    f"{md.text(doc['device'])}\n\n{md.text(variant)} on {md.text(doc['device'])}.\n```\n"]
+            if fits:
+                out.append(md.table(["implementation", "dtype", "pass", "time ~ l^p, fitted p"],
+                                    [[md.code(f["impl"]), md.code(f["dtype"]), md.text(f["pass"]),
+                                      f"{f['exponent']:.2f}"] for f in fits]))
+    if not read_any:
+        out.append("No results yet: `benchmarks/results/` holds no benchmark JSON"
+                   + (" that could be read.\n" if files else ".\n"))
+    if problems:
+        out += ["Files not read:\n", *problems, ""]
     return "\n".join(out), figures
