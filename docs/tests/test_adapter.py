@@ -24,6 +24,8 @@ ATOL64 = 1e-12
 
 def test_loads_through_the_registry_loader():
     backends = pytest.importorskip("synth_ref.backends", reason="the adapter registry (issue 3) is absent")
+    if not hasattr(backends, "load"):
+        pytest.skip("synth_ref.backends has no load() yet: the adapter registry (issue 3) is absent")
     adapter = backends.load(TARGET)
     assert adapter is my_adapter.ADAPTER
     assert adapter.available() == (True, f"numpy {np.__version__}")

@@ -12,6 +12,8 @@ from . import markdown as md
 def _modules() -> list[str]:
     from synth_ref import backends  # ImportError is handled by render
 
+    if not hasattr(backends, "BUILTIN"):  # a namespace package: adapter files but no registry yet
+        raise ImportError("synth_ref.backends has no adapter registry (BUILTIN)")
     seen = []
     for target in backends.BUILTIN.values():
         mod = target.partition(":")[0]
