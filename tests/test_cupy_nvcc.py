@@ -56,3 +56,18 @@ def test_a_broken_source_fails_the_check(tmp_path):
     proc = _run("--dir", str(tmp_path))
     assert proc.returncode == 1
     assert "FAILED  broken.cu" in proc.stderr and "undefined_name" in proc.stderr
+
+
+@pytest.mark.skipif(_find_nvcc() is None, reason="no nvcc here: cannot compile the text CuPy compiles")
+@pytest.mark.parametrize("filename", sorted(ck.SOURCES))
+def test_the_text_cupy_compiles_is_self_contained(tmp_path, filename):
+    """CuPy gets one string per source (header inlined, scalar_t defined, no include path): that
+    exact text must compile on its own."""
+    text = ck.source_text(filename, "float32")
+    assert "#include" not in text
+    src = tmp_path / "inlined.cu"
+    src.write_text(text)
+    cmd = [_find_nvcc(), "-arch=sm_90", "--cubin", "-Werror", "all-warnings", "-o", str(tmp_path / "x.cubin"),
+           str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
