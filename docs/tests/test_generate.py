@@ -163,3 +163,48 @@ def test_generate_removes_stale_files(tmp_path, monkeypatch):
     pages = sorted(p.stem for p in (tmp_path / "out" / "variants").glob("*.md"))
     assert pages == sorted([*sr.VARIANTS, "index"])
     assert len(list((tmp_path / "out" / "img").glob("*.png"))) == len(sr.VARIANTS)
+
+
+def _report_file(tmp_path):
+    """A report written by the suite's own writer, from outcomes made by its own record type."""
+    R = pytest.importorskip("synth_ref.conformance.report", reason="no conformance suite (issue 3)")
+    from synth_ref.conformance.check import Outcome
+
+    class Stub:  # what backend_entry reads of an adapter
+        dtypes = ("float64", "float32")
+
+        def vjp(self):  # its presence marks the adapter differentiable
+            raise NotImplementedError
+
+    def rec(variant, dtype, kind, status, ratio):
+        return Outcome("fast", variant, dtype, kind, f"{variant}-case", status, ratio=ratio,
+                       detail="" if status == "pass" else "max|out - gold| too big").to_dict()
+
+    records = [rec("dense", "float64", "forward", "pass", 0.25),
+               rec("dense", "float64", "gradient", "pass", 0.5),
+               rec("random", "float32", "forward", "fail", 2.5)]
+    entries = [R.backend_entry("fast", Stub(), True, "fast 1.0", records, "ci", 1.0),
+               R.backend_entry("cupy", None, False, "no CUDA device here", [], "ci", 0.0)]
+    path, _ = R.write(tmp_path / "conformance-report.json", entries)
+    return path
+
+
+def test_conformance_sections_read_the_suite_report(tmp_path):
+    report = conformance_report.load(_report_file(tmp_path))
+    dense = "\n".join(conformance_report.variant_section("dense", report))
+    assert "| `fast` | `float64` | pass 0.25 | pass 0.5 |" in dense
+    assert "| `fast` | `float32` | not run | not run |" in dense
+    assert md.text("no CUDA device here") in dense
+    random = "\n".join(conformance_report.variant_section("random", report))
+    assert "| `fast` | `float32` | **fail** 2.5 (1/1) | not run |" in random
+    matrix = "\n".join(conformance_report.matrix_section(report))
+    assert "{ref}`random <variant-random>`" in matrix and "**fail** 2.5 (1/1)" in matrix
+    assert md.code("random-case") in matrix  # the failure is listed
+
+
+def test_conformance_report_absent_or_foreign(tmp_path):
+    assert conformance_report.load(tmp_path / "none.json") is None
+    assert conformance_report.NOT_RUN in "\n".join(conformance_report.variant_section("dense", None))
+    (tmp_path / "old.json").write_text(json.dumps({"schema": 99, "backends": {}}))
+    with pytest.raises(ValueError, match="schema 1"):
+        conformance_report.load(tmp_path / "old.json")

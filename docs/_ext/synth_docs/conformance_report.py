@@ -1,7 +1,10 @@
-"""Reading ``conformance-report.json`` (written by the conformance suite) for the docs.
+"""Reading ``conformance-report.json`` (written by ``synth_ref.conformance.report``) for the docs.
 
-PROVISIONAL: the report's format belongs to the conformance suite (issue 3), which is being written
-now.  ``load`` normalises it into :class:`Row` records; only ``_parse`` knows the file's layout.
+Layout (schema 1): ``{"schema": 1, "rule": str, "gold_check": {case: rel. diff},
+"backends": {name: entry}}``; an entry has ``available``, ``reason``, ``dtypes``, ``vjp``,
+``profile``, ``run_at``, ``counts`` and ``cells[variant][dtype][kind]`` with ``status``
+(pass / fail / skip), ``checks``, ``failed`` and ``worst_ratio`` (worst error / tolerance, <= 1
+passes), and ``failures`` (the failing checks).
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import synth_ref as sr
+
 from . import markdown as md
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Where the suite writes its report; the environment variable lets tests point elsewhere.
 ENV = "SYNTH_REF_CONFORMANCE_REPORT"
+SCHEMA = 1
+KINDS = ("forward", "gradient")
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
 def report_path() -> Path:
@@ -24,90 +32,127 @@ def report_path() -> Path:
 
 
 @dataclass(frozen=True)
-class Row:
-    backend: str
-    variant: str
-    dtype: str
-    check: str  # "forward" or "gradient"
-    status: str  # "pass", "fail" or "skipped"
-    worst_ratio: float | None  # worst error / allowed error; below 1 passes
-    reason: str = ""
-
-
-@dataclass(frozen=True)
 class Report:
     path: Path
-    rows: tuple[Row, ...]
-    meta: dict
+    data: dict
+
+    @property
+    def backends(self) -> list[dict]:
+        return list(self.data["backends"].values())
 
 
 def load(path: Path | None = None) -> Report | None:
-    """The report, or None when there is none (the suite has not been run here)."""
+    """The report, or None when there is none (the suite has not been run here).  A report in
+    another layout is an error: the docs must not show a matrix they misread."""
     path = report_path() if path is None else Path(path)
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    rows, meta = _parse(data, path)
-    return Report(path=path, rows=tuple(rows), meta=meta)
+    if (not isinstance(data, dict) or data.get("schema") != SCHEMA
+            or not isinstance(data.get("backends"), dict)):
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: expected a conformance report with schema {SCHEMA}; got schema {got!r}")
+    for name, e in data["backends"].items():
+        missing = [k for k in ("available", "reason", "dtypes", "vjp", "cells", "counts") if k not in e]
+        if missing:
+            raise ValueError(f"{path}: backends[{name!r}] lacks {', '.join(missing)}")
+    return Report(path=path, data=data)
 
 
-def _parse(data, path):
-    raise ValueError(f"{path}: the conformance report's format is not known to the docs yet")
-
-
-def _ratio(r: Row) -> str:
-    return "" if r.worst_ratio is None else f"{r.worst_ratio:.3g}"
-
-
-def _cell(rows: list[Row]) -> str:
-    if not rows:
+def cell_text(entry: dict, variant: str, dtype: str, kind: str) -> str:
+    """One check's status as Markdown: pass / **fail** with the worst ratio, or why it did not run."""
+    if not entry["available"]:
+        return "skipped"
+    if dtype not in entry["dtypes"]:
+        return "not claimed"
+    if kind == "gradient" and not entry["vjp"]:
+        return "no vjp"
+    c = entry["cells"].get(variant, {}).get(dtype, {}).get(kind)
+    if c is None:
         return "not run"
-    r = rows[0]
-    text = {"pass": "pass", "fail": "**fail**", "skipped": "skipped"}.get(r.status, md.text(r.status))
-    ratio = _ratio(r)
-    return text + (f" ({ratio})" if ratio else "")
+    ratio = "" if c.get("worst_ratio") is None else f" {c['worst_ratio']:.2g}"
+    if c["status"] == "fail":
+        return f"**fail**{ratio} ({c['failed']}/{c['checks']})"
+    if c["status"] == "skip":
+        return "skipped"
+    return f"pass{ratio}"
+
+
+def overall(entry: dict) -> str:
+    if not entry["available"]:
+        return "skipped"
+    c = entry["counts"]
+    if c.get("fail") or c.get("error"):
+        return "**fail**"
+    return "pass" if c.get("pass") else "nothing run"
 
 
 NOT_RUN = ("Not run: no `conformance-report.json` was found when these pages were built.  Run "
            "`python3 -m nox -s conformance` in the repository, then build the docs again.\n")
 
 
+def _unavailable(report: Report) -> list[str]:
+    return [f"- {md.code(e['name'])} was skipped: {md.text(e['reason'])}" for e in report.backends
+            if not e["available"]]
+
+
 def variant_section(variant: str, report: Report | None) -> list[str]:
     out = ["## Backends\n"]
     if report is None:
         return out + [NOT_RUN]
-    rows = [r for r in report.rows if r.variant == variant]
-    if not rows:
-        return out + [f"The report ({md.code(report.path.name)}) has no case of this variant.\n"]
-    out.append("From the latest conformance report: status and, in brackets, the worst error ratio "
-               "(error / allowed error; below 1 passes).  See {doc}`/conformance` for the rule.\n")
-    keys = sorted({(r.backend, r.dtype) for r in rows})
-    table = []
-    for backend, dtype in keys:
-        sel = [r for r in rows if (r.backend, r.dtype) == (backend, dtype)]
-        table.append([md.code(backend), md.code(dtype),
-                      _cell([r for r in sel if r.check == "forward"]),
-                      _cell([r for r in sel if r.check == "gradient"])])
-    out.append(md.table(["backend", "dtype", "forward", "gradient"], table))
-    return out
+    rows = []
+    for e in report.backends:
+        if not e["available"]:
+            continue
+        for dt in e["dtypes"]:
+            rows.append([md.code(e["name"]), md.code(dt),
+                         *(cell_text(e, variant, dt, kind) for kind in KINDS)])
+    out.append(f"From {md.code(report.path.name)}: each backend in each dtype it claims, with the worst "
+               "error ratio (error / tolerance; at most 1 passes).  See {doc}`/conformance` for the rule.\n")
+    if rows:
+        out.append(md.table(["backend", "dtype", "forward", "gradient"], rows))
+    skipped = _unavailable(report)
+    return out + (skipped + [""] if skipped else [])
 
 
 def matrix_section(report: Report | None) -> list[str]:
-    """The full matrix: variant x backend, one cell per dtype."""
+    """Every backend's summary, then the variant x dtype matrix with one column per backend."""
     if report is None:
         return [NOT_RUN]
-    backends = sorted({r.backend for r in report.rows})
-    variants = sorted({r.variant for r in report.rows})
-    out = []
-    for check in ("forward", "gradient"):
-        table = []
-        for v in variants:
-            row = [f"{{ref}}`{md.text(v)} <variant-{v}>`"]
-            for b in backends:
-                sel = [r for r in report.rows if (r.variant, r.backend, r.check) == (v, b, check)]
-                row.append("<br>".join(f"{md.code(r.dtype)}: {_cell([r])}" for r in sel) or "not run")
-            table.append(row)
-        out += [f"### {check.capitalize()}\n", md.table(["variant"] + [md.code(b) for b in backends], table)]
+    backends = report.backends
+    out = [f"From {md.code(report.path.name)}.\n"]
+    summary = []
+    for e in backends:
+        c = e["counts"]
+        summary.append([md.code(e["name"]), overall(e), str(sum(c.values())),
+                        *(str(c.get(k, 0)) for k in ("pass", "fail", "error", "skip")),
+                        md.text(e.get("profile", "")), md.text(e.get("run_at", "")), md.text(e["reason"])])
+    out.append(md.table(["backend", "result", "checks", "pass", "fail", "error", "skip", "profile", "run at",
+                         "note"], summary))
+    if not backends:
+        return out
+    out.append("\nEach cell: forward / gradient.\n")
+    rows = []
+    for v in sr.VARIANTS:
+        for dt in DTYPES:
+            cells = [" / ".join(dict.fromkeys(cell_text(e, v, dt, k) for k in KINDS)) for e in backends]
+            if all(c in ("not claimed", "skipped") for c in cells):
+                continue  # no backend checks this dtype: a row of nothing
+            rows.append([md.ref("ref", v, f"variant-{v}"), md.code(dt), *cells])
+    out.append(md.table(["variant", "dtype", *(md.code(e["name"]) for e in backends)], rows))
+    gold = report.data.get("gold_check") or {}
+    if gold:
+        out += ["\nThe gradient gold (torch autograd of the reference in float64) against central finite "
+                "differences, largest relative difference per case:\n",
+                md.table(["case", "relative difference"],
+                         [[md.code(k), f"{v:.2g}"] for k, v in gold.items()])]
+    fails = [f for e in backends for f in e.get("failures", [])]
+    if fails:
+        out.append(f"\n**Failures** (first {min(len(fails), 30)} of {len(fails)}):\n")
+        out += [f"- {md.code(f['backend'])} {md.text(f['kind'])} {md.code(f['dtype'])} "
+                f"{md.text(f['status'])}: {md.code(f['case'])}: {md.text(f.get('detail') or '')}"
+                for f in fails[:30]]
+        out.append("")
     return out
 
 

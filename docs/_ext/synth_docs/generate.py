@@ -22,7 +22,7 @@ def _write_if_changed(path: Path, data: bytes | str) -> bool:
 
 
 def variants_index() -> str:
-    rows = [[f"{{doc}}`{md.text(info.title)} <{name}>`", md.code(name), md.text(info.family),
+    rows = [[md.ref("doc", info.title, name), md.code(name), md.text(info.family),
              md.math(info.paper_cost)] for name, info in sr.REGISTRY.items()]
     toc = "\n".join(sr.VARIANTS)
     return ("# Variants\n\nOne page per entry of `synth_ref.variants.REGISTRY`, generated at build time.\n\n"

@@ -23,6 +23,14 @@ def code(s: str) -> str:
     return f"`{s}`"
 
 
+def ref(role: str, title: str, target: str) -> str:
+    """A cross-reference such as {doc}`title <target>`.  Role text is not Markdown (a backslash
+    would show), so it is taken verbatim and characters that would end it are refused."""
+    if any(ch in title + target for ch in "`<>"):
+        raise ValueError(f"ref: expected no backticks or angle brackets; got {title!r} <{target!r}>")
+    return f"{{{role}}}`{title} <{target}>`"
+
+
 def math(latex: str) -> str:
     """Inline math through MyST's ``{math}`` role."""
     if "`" in latex:
