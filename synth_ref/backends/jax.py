@@ -1,0 +1,95 @@
+"""JAX adapter: the reference under ``jax.jit`` on JAX's default device; ``vjp`` by ``jax.vjp``.
+
+float64: JAX truncates to float32 unless ``jax_enable_x64`` is on.  This adapter does not flip that
+switch process-wide; it enters the ``jax.enable_x64(True)`` context only around the calls that
+handle float64 arrays (``from_numpy(..., "float64")`` and ``apply``/``vjp`` on float64 inputs), so
+float32 users of the same process are not affected.  jax is imported on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+import synth_ref as sr
+
+from ._protocol import import_error_reason
+
+
+def _jax():
+    import jax
+
+    return jax
+
+
+def _x64(on: bool):
+    """The float64 context where needed, a no-op otherwise."""
+    if not on:
+        return contextlib.nullcontext()
+    jax = _jax()
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # jax < 0.6
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
+
+
+def _apply(spec, causal, params, x, mask):
+    return sr.apply(spec, params, x, causal=causal, key_padding_mask=mask)
+
+
+def _vjp(spec, causal, params, x, dy, mask):
+    jax = _jax()
+
+    def f(p, xx):
+        return sr.apply(spec, p, xx, causal=causal, key_padding_mask=mask)
+
+    _, pull = jax.vjp(f, params, x)
+    dparams, dx = pull(dy)
+    return dx, dparams
+
+
+class JaxAdapter:
+    name = "jax"
+    dtypes = ("float64", "float32", "float16", "bfloat16")
+
+    def __init__(self):
+        self._jitted = None
+
+    def available(self):
+        try:
+            jax = _jax()
+            backend = jax.default_backend()
+        except Exception as exc:  # noqa: BLE001
+            return False, import_error_reason("jax", exc)
+        return True, f"jax {jax.__version__} on {backend}"
+
+    def _fns(self):
+        if self._jitted is None:
+            jax = _jax()
+            self._jitted = (jax.jit(_apply, static_argnums=(0, 1)), jax.jit(_vjp, static_argnums=(0, 1)))
+        return self._jitted
+
+    def from_numpy(self, array, dtype=None):
+        jnp = _jax().numpy
+        array = np.ascontiguousarray(array)
+        wide = (dtype or array.dtype.name) == "float64"
+        with _x64(wide):
+            return jnp.asarray(array, dtype=None if dtype is None else getattr(jnp, dtype))
+
+    def to_numpy(self, array):
+        a = np.asarray(array)
+        if a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        return a
+
+    def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
+        with _x64(x.dtype.name == "float64"):
+            return self._fns()[0](spec, bool(causal), params, x, key_padding_mask)
+
+    def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
+        with _x64(x.dtype.name == "float64"):
+            return self._fns()[1](spec, bool(causal), params, x, dy, key_padding_mask)
+
+
+adapter = JaxAdapter()

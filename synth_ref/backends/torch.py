@@ -1,0 +1,77 @@
+"""PyTorch adapters: the reference on torch tensors, CPU (``torch``) and CUDA (``torch-cuda``).
+
+``vjp`` differentiates the reference with autograd.  torch is imported on first use, never when
+this module is imported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import synth_ref as sr
+
+from ._protocol import import_error_reason
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class TorchAdapter:
+    dtypes = ("float64", "float32", "float16", "bfloat16")
+
+    def __init__(self, device="cpu", name="torch"):
+        self.device = device
+        self.name = name
+
+    def available(self):
+        try:
+            torch = _torch()
+        except Exception as exc:  # noqa: BLE001
+            return False, import_error_reason("torch", exc)
+        if self.device.startswith("cuda"):
+            try:
+                ok = torch.cuda.is_available()
+            except Exception as exc:  # noqa: BLE001
+                return False, f"torch.cuda.is_available() raised {exc}"
+            if not ok:
+                why = "no CUDA device (torch.cuda.is_available() is False)"
+                return False, f"torch {torch.__version__}: {why}"
+            return True, f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}"
+        return True, f"torch {torch.__version__} on cpu"
+
+    def from_numpy(self, array, dtype=None):
+        torch = _torch()
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if dtype is not None:
+            t = t.to(getattr(torch, dtype))
+        return t.to(self.device)
+
+    def to_numpy(self, array):
+        torch = _torch()
+        t = array.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.to(torch.float32)
+        return t.numpy()
+
+    def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
+        with _torch().no_grad():
+            return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+
+    def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
+        torch = _torch()
+        names = list(params)
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(True)]
+            leaves += [params[n].detach().requires_grad_(True) for n in names]
+            p = dict(zip(names, leaves[1:], strict=True))
+            y = sr.apply(spec, p, leaves[0], causal=causal, key_padding_mask=key_padding_mask)
+            grads = torch.autograd.grad(y, leaves, dy, allow_unused=True)
+        grads = [torch.zeros_like(a) if g is None else g for a, g in zip(leaves, grads, strict=True)]
+        return grads[0], dict(zip(names, grads[1:], strict=True))
+
+
+adapter = TorchAdapter("cpu", "torch")
+cuda_adapter = TorchAdapter("cuda", "torch-cuda")
