@@ -1,0 +1,155 @@
+"""Timing and peak-memory measurement, one method per kind of array and device.
+
+Time: the median of ``repeats`` calls after ``warmup`` calls (JAX compiles on the first call, torch
+warms its allocator and thread pool).  CPU: ``time.perf_counter`` around the call and a sync of its
+result (JAX dispatches asynchronously: ``block_until_ready``).  CUDA (torch): a pair of CUDA events
+recorded around each call on the current stream, read after a synchronize, so host overhead between
+calls is not counted but launch latency inside the call is.
+
+Peak memory, the extra bytes one call needs above what exists before it (inputs, parameters):
+- ``tracemalloc`` for NumPy: NumPy registers every data buffer with tracemalloc, so its peak is the
+  exact sum of live NumPy arrays, independent of the C allocator's caching.
+- ``rss`` for torch and JAX on CPU: neither reports to tracemalloc, and torch has no CPU counterpart
+  of ``max_memory_allocated``.  The torch profiler's ``profile_memory`` records per-op allocations
+  but its peak timeline is a private API and its overhead is large; so we use the kernel's own
+  high-water mark instead: reset it (write 5 to /proc/self/clear_refs), run the call, read
+  VmHWM - VmRSS before.  That counts every byte the process touched, whichever library allocated
+  it.  For it to see freed-and-reallocated memory, glibc must return large blocks to the kernel on
+  free: ``prepare_rss`` fixes the mmap threshold at 64 KiB (glibc otherwise raises it dynamically
+  up to 32 MiB and keeps freed blocks resident, which would hide them from the next measurement)
+  and every measurement starts with ``malloc_trim``.  Linux only; elsewhere the result is None with
+  the reason.
+- ``cuda`` for torch on a GPU: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``,
+  minus ``memory_allocated`` before (the caching allocator's own bookkeeping, exact in bytes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    return _LIBC
+
+
+def prepare_rss() -> str | None:
+    """Make freed large blocks go back to the kernel (see the module docstring); None when RSS
+    measurement works here, else why not."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return "no /proc/self/clear_refs (not Linux): peak RSS cannot be reset"
+    libc = _libc()
+    if not libc or not hasattr(libc, "mallopt"):
+        return "no glibc mallopt: freed memory may stay resident and hide from the measurement"
+    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB, which also turns off its dynamic growth
+    try:
+        _reset_hwm()
+    except OSError as exc:
+        return f"cannot reset the peak RSS ({exc})"
+    return None
+
+
+def _reset_hwm():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _status_kib(*keys) -> list[int]:
+    out = dict.fromkeys(keys, 0)
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in out:
+                out[name] = int(rest.split()[0])
+    return [out[k] for k in keys]
+
+
+def no_sync(result):
+    return result
+
+
+def time_call(
+    fn: Callable, sync: Callable = no_sync, *, warmup: int, repeats: int, cuda: bool = False
+) -> tuple[list[float], list[float] | None]:
+    """Seconds per call for ``repeats`` calls after ``warmup`` calls: (wall times, process CPU times).
+
+    The CPU times (``time.process_time``, every thread of the process) are None under CUDA.  With the
+    libraries single-threaded they are the call's work alone, which other processes competing for
+    the cores cannot inflate; the wall times are what a user waits."""
+    for _ in range(warmup):
+        sync(fn())
+    if cuda:
+        import torch
+
+        pairs = []
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            pairs.append((a, b))
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in pairs], None
+    times, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return times, cpu
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable, sync: Callable, method: str) -> tuple[int | None, str]:
+    """(extra peak bytes of one call, how it was measured or why it was not)."""
+    gc.collect()
+    if method == "tracemalloc":
+        started = not tracemalloc.is_tracing()
+        if started:
+            tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+            sync(fn())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            if started:
+                tracemalloc.stop()
+        return max(0, peak - base), "tracemalloc"
+    if method == "rss":
+        why = prepare_rss()
+        if why:
+            return None, why
+        libc = _libc()
+        libc.malloc_trim(0)
+        _reset_hwm()
+        (base,) = _status_kib("VmRSS")
+        sync(fn())
+        (hwm,) = _status_kib("VmHWM")
+        return max(0, hwm - base) * 1024, "rss"
+    if method == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        sync(fn())
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - base), "cuda max_memory_allocated"
+    return None, f"no memory method for this implementation ({method})"

@@ -1,0 +1,280 @@
+"""Smoke test of the benchmark harness (benchmarks/): a tiny CPU run end to end, its JSON against the
+schema, the exponent fit on synthetic data, and the two pieces of math the harness adds (the spec
+written directly in torch, the convolution baselines) against their definitions.
+
+The real benchmark is ``nox -s bench`` (minutes); this stays at a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the harness's baselines are written in torch")
+
+# benchmarks/ is a folder of the repository, not an installed package: import it from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import synth_ref as sr  # noqa: E402
+from benchmarks import analysis, convolution, direct_torch, run, schema, settings, sweep  # noqa: E402
+
+#: float64, the same math in two codings (summation order and the max-subtraction differ by a few
+#: roundings, ~1e-15 relative); any real mistake (a wrong index, head split, mask) is O(0.1).
+F64 = (1e-10, 1e-11)
+
+
+# --- the exponent fit ---------------------------------------------------------------------------
+
+
+def test_fit_exponent_recovers_exact_power_laws():
+    ls = [256, 512, 1024, 2048]
+    for p in (0.0, 1.0, 1.5, 2.0, 3.0):
+        f = analysis.fit_exponent(ls, [7.0 * l**p for l in ls])
+        assert f["exponent"] == pytest.approx(p, abs=1e-9)
+        assert f["coefficient"] == pytest.approx(7.0, rel=1e-9)
+        assert f["points"] == 4 and f["lengths"] == [256, 2048]
+
+
+def test_fit_exponent_with_noise_and_missing_points():
+    rng = np.random.default_rng(0)
+    ls = [2**k for k in range(8, 15)]
+    noisy = [3e-9 * l**2 * math.exp(rng.normal(0, 0.05)) for l in ls]
+    assert analysis.fit_exponent(ls, noisy)["exponent"] == pytest.approx(2.0, abs=0.05)
+    # Non-positive and missing values (a failed or unmeasurable point) are left out, not fitted as 0.
+    f = analysis.fit_exponent([256, 512, 1024, 2048], [None, 0, 4.0, 16.0])
+    assert f["exponent"] == pytest.approx(2.0) and f["points"] == 2
+    assert analysis.fit_exponent([256, 512], [1.0, None]) is None
+    assert analysis.fit_exponent([256, 256], [1.0, 2.0]) is None  # one length: no slope
+
+
+def test_series_stops_on_the_budgets():
+    st = settings.make("cpu", True, budget_s=1.0, memory_budget=1000)
+    s = sweep.Series()
+    s.record(0.1, 100)
+    s.check(st)  # no growth known yet: assumes x4, 0.4 s and 400 bytes next, both under budget
+    assert not s.stopped
+    s.record(0.3, 200)
+    s.check(st)  # observed x3 in time: 0.9 s next; memory x2: 400 bytes
+    assert not s.stopped
+    s.record(0.6, 600)
+    s.check(st)  # time grows x2 (1.2 s predicted) -> stop
+    assert "predicted" in s.stopped and "s budget" in s.stopped
+    s2 = sweep.Series()
+    s2.record(0.01, 300)
+    s2.record(0.02, 600)
+    s2.check(st)  # memory 1200 > 1000 predicted
+    assert "GiB budget" in s2.stopped
+    s3 = sweep.Series()
+    s3.record(2.0, None)
+    s3.check(st)
+    assert "> the 1.0 s budget" in s3.stopped
+
+
+# --- the harness's own math against its definitions ---------------------------------------------
+
+
+def _spec(variant, L=6):
+    opts = dict(settings.VARIANT_OPTIONS[variant])
+    if variant in ("aft_local",):
+        opts["window"] = 2
+    if variant == "aft_conv":
+        opts["kernel_size"] = 3
+    if variant == "factorized_random":
+        opts["k"] = 2
+    heads = 2 if sr.REGISTRY[variant].multihead else 1
+    return sr.Spec(variant, d_model=8, n_heads=heads, max_len=L, **opts)
+
+
+@pytest.mark.parametrize("variant", sr.VARIANTS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_direct_torch_is_the_spec(variant, causal):
+    spec = _spec(variant)
+    params = spec.init(seed=1)
+    rng = np.random.default_rng(2)
+    for name in params:  # nonzero biases and position terms, so that every array takes part
+        params[name] = params[name] + 0.3 * rng.standard_normal(params[name].shape)
+    x = rng.standard_normal((2, 5, 8))
+    want = sr.apply(spec, params, x, causal=causal)
+    tp = {k: torch.from_numpy(v) for k, v in params.items()}
+    got = direct_torch.apply(spec, tp, torch.from_numpy(x), causal=causal).numpy()
+    np.testing.assert_allclose(got, want, *F64)
+
+
+def test_direct_torch_aft_row_blocks(monkeypatch):
+    """Several row blocks (the reference's BLOCK_ELEMENTS made tiny) give the same numbers."""
+    from synth_ref import _aft
+
+    spec = _spec("aft_full")
+    params = spec.init(seed=3)
+    params["pos_bias"] = np.random.default_rng(4).standard_normal(params["pos_bias"].shape)
+    x = np.random.default_rng(5).standard_normal((1, 6, 8))
+    want = sr.apply(spec, params, x, causal=True)
+    monkeypatch.setattr(_aft, "BLOCK_ELEMENTS", 2 * 6 * 8)  # two query rows per block
+    got = direct_torch.apply(
+        spec, {k: torch.from_numpy(v) for k, v in params.items()}, torch.from_numpy(x), causal=True
+    ).numpy()
+    np.testing.assert_allclose(got, want, *F64)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("k", [3, 4])
+def test_convolution_matches_its_loop_definition(dynamic, causal, k):
+    p = {n: torch.from_numpy(v) for n, v in convolution.init(8, 2, k, dynamic, seed=6).items()}
+    for n in p:
+        if n.startswith("b_"):
+            p[n] = p[n] + 0.1
+    x = torch.from_numpy(np.random.default_rng(7).standard_normal((2, 7, 8)))
+    got = convolution.apply(p, x, n_heads=2, kernel_size=k, causal=causal)
+    want = convolution.apply_loop(p, x, n_heads=2, kernel_size=k, causal=causal)
+    torch.testing.assert_close(got, want, rtol=F64[0], atol=F64[1])
+
+
+def test_causal_convolution_ignores_the_future():
+    p = {n: torch.from_numpy(v) for n, v in convolution.init(8, 2, 3, True, seed=8).items()}
+    x = torch.from_numpy(np.random.default_rng(9).standard_normal((1, 6, 8)))
+    y = convolution.apply(p, x, n_heads=2, kernel_size=3, causal=True)
+    x2 = x.clone()
+    x2[:, 4:] += 5.0
+    y2 = convolution.apply(p, x2, n_heads=2, kernel_size=3, causal=True)
+    torch.testing.assert_close(y[:, :4], y2[:, :4])
+    assert not torch.allclose(y[:, 4:], y2[:, 4:])
+
+
+# --- a tiny run end to end ------------------------------------------------------------------------
+
+VARIANTS = ("dot_product", "aft_full")
+
+
+def _tiny():
+    st = settings.make("cpu", True)
+    claim = settings.ClaimSetting(batch=1, lengths=(16,), d_model=16, n_heads=2, kernel_size=3)
+    return replace(
+        st,
+        mode="cpu-smoke",
+        batch=1,
+        d_model=8,
+        n_heads=2,
+        lengths=(16, 32),
+        budget_s=5.0,
+        warmup=1,
+        repeats=2,
+        matmul_n=64,
+        copy_bytes=1 << 20,
+        claim=claim,
+        conv_kernel=3,
+        variants=VARIANTS,
+        backends=("numpy", "torch"),
+        probe_lengths=(16, 32, 64),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    doc = run.run_all(_tiny(), out, make_plots=False, log=lambda *a: None)
+    return doc, out
+
+
+def test_tiny_run_writes_valid_json_and_table(tiny_run):
+    doc, out = tiny_run
+    on_disk = json.loads((out / "cpu-smoke.json").read_text())
+    assert schema.validate(on_disk) == []
+    md = (out / "cpu-smoke.md").read_text()
+    assert "| variant | dtype | implementation | pass | l=16 | l=32 |" in md
+    assert "The two paper claims" in md and "CPU row" in md
+    # Device and library versions are recorded.
+    assert on_disk["device"]["kind"] == "cpu" and on_disk["versions"]["numpy"] == np.__version__
+    assert on_disk["versions"]["torch"] == torch.__version__
+
+
+def test_tiny_run_measures_every_implementation_and_pass(tiny_run):
+    doc, _ = tiny_run
+    got = {(r["impl"], r["variant"], r["pass"]) for r in doc["results"] if r["status"] == "ok"}
+    for v in VARIANTS:
+        assert ("numpy", v, "forward") in got
+        for impl in ("torch", "torch_direct"):
+            assert {(impl, v, "forward"), (impl, v, "forward_backward")} <= got
+    for base in ("sdpa", "dynamic_conv", "lightweight_conv"):
+        assert {(base, None, "forward"), (base, None, "forward_backward")} <= got
+    # NumPy cannot differentiate: said once, not silently missing.
+    assert any(
+        s["impl"] == "numpy" and s["pass"] == "forward_backward" and "vjp" in s["why"] for s in doc["stops"]
+    )
+    assert any(s["what"] == "adapter jax" and "not selected" in s["why"] for s in doc["skipped"])
+
+
+def test_tiny_run_ratios_floor_and_memory_are_consistent(tiny_run):
+    doc, _ = tiny_run
+    rows = [r for r in doc["results"] if r["status"] == "ok"]
+    sdpa = {(r["length"], r["pass"]): r["time_s"] for r in rows if r["impl"] == "sdpa"}
+    for r in rows:
+        assert r["time_s"] > 0 and len(r["times_s"]) == 2
+        assert r["vs_sdpa"] == pytest.approx(r["time_s"] / sdpa[(r["length"], r["pass"])])
+        if r["variant"]:
+            spec = _tiny().spec(r["variant"], r["length"])
+            factor = 3 if r["pass"] == "forward_backward" else 1
+            assert r["flops"] == spec.flops(1, r["length"]) * factor
+            assert r["floor_s"] > 0 and r["vs_floor"] == pytest.approx(r["time_s"] / r["floor_s"])
+        else:
+            assert r["impl"] == "sdpa" or r["floor_s"] is None  # the convolutions are no spec variant
+    # NumPy's memory is exact (tracemalloc): the dot-product reference holds at least its
+    # (B, h, l, l) float32 weights.
+    for r in rows:
+        if r["impl"] == "numpy" and r["variant"] == "dot_product":
+            assert r["memory_method"] == "tracemalloc"
+            assert r["peak_bytes"] >= 2 * r["length"] ** 2 * 4
+
+
+def test_tiny_run_analysis(tiny_run):
+    doc, _ = tiny_run
+    fits = {(f["impl"], f["variant"], f["pass"], f["quantity"]) for f in doc["fits"]}
+    assert ("numpy", "dot_product", "forward", "time") in fits
+    assert ("numpy", "dot_product", "forward", "memory") in fits
+    row = {e["variant"]: e for e in doc["cpu_row"]}
+    assert set(row) == set(VARIANTS)
+    for e in row.values():
+        assert e["max_ratio"] == max(pt["numpy_forward_ratio"] for pt in e["points"])
+        assert e["within_limit"] == (e["max_ratio"] <= analysis.CPU_ROW_LIMIT)
+    c1 = doc["claims"]["random_vs_dynamic_conv"]
+    assert c1["setting"]["causal"] is True and c1["points"]
+    for pt in c1["points"]:
+        assert pt["speedup"] == pytest.approx(pt["dynamic_conv_s"] / pt["random_s"])
+    c2 = doc["claims"]["aft_memory"]
+    assert c2["source"] == "memory probe" and c2["verdict"]
+    probed = {(r["impl"], r["variant"], r["length"]) for r in doc["memory_probe"] if r["status"] == "ok"}
+    for v in VARIANTS:
+        for impl in ("numpy", "torch_direct"):
+            assert {(impl, v, l) for l in (16, 32, 64)} <= probed
+    for t in c2["table"]:
+        ls, bs = zip(*t["peaks"], strict=True)
+        assert t["exponent"] == pytest.approx(analysis.fit_exponent(ls, bs)["exponent"])
+        assert t["tail_exponent"] == pytest.approx(math.log(bs[-1] / bs[-2]) / math.log(ls[-1] / ls[-2]))
+
+
+def test_schema_rejects_a_broken_document(tiny_run):
+    doc, _ = tiny_run
+    broken = json.loads(json.dumps(doc, default=str))
+    del broken["calibration"]
+    assert any("calibration" in e for e in schema.validate(broken))
+    broken = json.loads(json.dumps(doc, default=str))
+    broken["results"][0]["time_s"] = "fast"
+    broken["results"][0]["pass"] = "sideways"
+    errs = schema.validate(broken)
+    assert any("time_s" in e for e in errs) and any(".pass" in e for e in errs)
+
+
+def test_plots_are_written(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the bench session installs it)")
+    doc, _ = tiny_run
+    paths = run.write(doc, _tiny(), tmp_path, make_plots=True)
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert len(pngs) == len(VARIANTS) + 2  # one per variant, the baselines, the AFT memory claim
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
