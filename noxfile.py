@@ -33,3 +33,11 @@ def docs(session):
     html = ROOT / "docs" / "_build" / "html"
     session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(html))
     session.run("pytest", "docs/tests", *session.posargs, env={"SYNTH_REF_DOCS_HTML": str(html)})
+
+
+@nox.session
+def bench(session):
+    """Benchmarks (benchmarks/README.md): ``nox -s bench -- --quick`` runs on CPU in minutes and writes
+    benchmarks/results/cpu-quick.{json,md,png}.  Not in CI (.ci/run): tests/test_bench_harness.py is."""
+    session.install(*CONSTRAINTS, "-e", ".[torch]", "jax", "matplotlib")
+    session.run("python", "-m", "benchmarks", *session.posargs)
