@@ -19,8 +19,10 @@ import synth_ref as sr
 
 KERNEL_MODES = ("auto", "never", "always")
 
-#: dtypes the kernels take on a GPU; the interpreter also takes float64 (the gold dtype of tests).
+#: dtypes the kernels take on a GPU (float64 GEMMs have no tensor-core path: the reference serves it).
 GPU_DTYPES = ("float32", "float16", "bfloat16")
+#: dtypes the CPU interpreter path takes: the tests' gold dtype and float32.
+INTERPRETER_DTYPES = ("float64", "float32")
 
 
 def kernel_name(spec) -> str | None:
@@ -58,12 +60,14 @@ def choose(spec, x, kernels: str = "auto") -> tuple[str | None, str]:
         return None, f"no kernel for device {x.device.type!r}"
     if os.environ.get("TRITON_INTERPRET") != "1":
         return None, "CPU tensor (kernels run on CPU only under TRITON_INTERPRET=1)"
+    if dtype not in INTERPRETER_DTYPES:
+        return None, f"the interpreter path is tested in {INTERPRETER_DTYPES}; got {dtype}"
     ok, interpreted, why = _triton_state()
     if not ok:
         return None, why
     if not interpreted:
-        return None, ("CPU tensor, but the kernels were imported without TRITON_INTERPRET=1 "
-                      "(set it before the first import)")
+        return None, ("CPU tensor, but triton or the kernels were imported without TRITON_INTERPRET=1 "
+                      "(set it before anything imports triton; torch._dynamo does)")
     return name, ""
 
 

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-import triton
+from . import _aft, _flash, _random  # noqa: F401  (decorated now, in this mode)
 
-#: True when Triton's interpreter runs the kernels (TRITON_INTERPRET=1 at import): CPU tensors.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+def _interpreted() -> bool:
+    """Whether Triton's interpreter runs the kernels (CPU tensors).
+
+    Triton decides at decoration time, separately for its own library functions (tl.max, tl.sum:
+    decorated when triton is first imported) and for ours: both must have seen TRITON_INTERPRET=1.
+    torch._dynamo imports triton, so a process that touched torch.compile first cannot interpret."""
+    from triton.language import standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.max, InterpretedFunction) and isinstance(_random._fwd, InterpretedFunction)
+
+
+#: True when Triton's interpreter runs the kernels (TRITON_INTERPRET=1 before triton's first import).
+INTERPRETED = _interpreted()

@@ -1,14 +1,89 @@
-"""Which kernel covers a spec, and how a layer's forward is assembled around it.
+"""Which kernel covers a spec, and a layer's forward assembled around it.
 
-Filled in as kernels land; a spec no kernel covers takes the reference path.
+The projections, the dense hidden layer and the mixture weights are ordinary torch operations
+(autograd differentiates them); only the mixing step -- softmax(S) V, or AFT's weighted sums --
+runs in a kernel.  The math mirrors ``synth_ref._softmax`` and ``synth_ref._aft`` line by line.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
+
+#: Softmax components the flash kernel covers (factorized_dense's gathered logits are not a product).
+FLASH_COMPONENTS = ("dot_product", "dense", "factorized_random", "random")
+
 
 def kernel_name(spec) -> str | None:
-    return None
+    if spec.family == "softmax":
+        if spec.variant == "random":
+            return "random"
+        if all(c in FLASH_COMPONENTS for c in spec.components_used):
+            return "flash"
+        return None
+    if spec.variant == "aft_conv" and spec.spatial_dims == 2:
+        return None  # grids: the reference
+    return "aft"
 
 
-def forward(name, spec, params, x, causal, key_padding_mask):
-    raise AssertionError(f"no kernel named {name!r}")
+def _split_heads(t, h):
+    B, l, d = t.shape
+    return t.reshape(B, l, h, d // h).transpose(1, 2)
+
+
+def _merge_heads(t):
+    B, h, l, e = t.shape
+    return t.transpose(1, 2).reshape(B, l, h * e)
+
+
+def forward(name, spec, p, x, causal, mask):
+    if name == "aft":
+        from ._aft import aft_layer
+
+        return aft_layer(spec, p, x, causal, mask)
+    h = spec.n_heads
+    v = _split_heads(x @ p["w_v"] + p["b_v"], h)
+    if name == "random":
+        from ._random import random_mix
+
+        o = random_mix(p["r"], v, causal, mask)
+    else:
+        from ._flash import flash_mix
+
+        q, k, kb, fb = _flash_operands(spec, p, x)
+        o = flash_mix(q, k, v, kb, fb, causal=causal, mask=mask)
+    return _merge_heads(o) @ p["w_o"] + p["b_o"]
+
+
+def _flash_operands(spec, p, x):
+    """(q, k, kb, fb) such that scale-free q k^T + kb + fb are the (mixed) logits."""
+    B, l, _ = x.shape
+    h, e = spec.n_heads, spec.head_dim
+    mixture = spec.variant == "mixture"
+    alpha = torch.softmax(p["mix_logits"], 0) if mixture else None
+    qs, ks, kb, fb = [], [], None, None
+    for i, comp in enumerate(spec.components_used):
+        pre = f"{comp}." if mixture else ""
+        a = alpha[i] if mixture else None
+
+        def weighted(t, a=a):
+            return t if a is None else a * t
+
+        if comp == "dot_product":
+            qs.append(weighted(_split_heads(x @ p[pre + "w_q"] + p[pre + "b_q"], h) / math.sqrt(e)))
+            ks.append(_split_heads(x @ p[pre + "w_k"] + p[pre + "b_k"], h))
+        elif comp == "dense":
+            hid = torch.relu(x[:, None] @ p[pre + "w_1"][None] + p[pre + "b_1"][None, :, None, :])
+            qs.append(weighted(hid))
+            # Learned static keys: column t' of w_2 is key t' for every batch element (stride 0).
+            ks.append(p[pre + "w_2"][:, :, :l].transpose(1, 2)[None].expand(B, h, l, e))
+            kb = weighted(p[pre + "b_2"][:, :l])
+        elif comp == "factorized_random":
+            qs.append(weighted(p[pre + "r_1"][:, :l])[None].expand(B, -1, -1, -1))
+            ks.append(p[pre + "r_2"][:, :l][None].expand(B, -1, -1, -1))
+        else:  # random, inside a mixture: a bias shared by the batch, read tile by tile
+            fb = weighted(p[pre + "r"][:, :l, :l])
+    q = qs[0] if len(qs) == 1 else torch.cat(qs, -1)
+    k = ks[0] if len(ks) == 1 else torch.cat(ks, -1)
+    return q, k, kb, fb

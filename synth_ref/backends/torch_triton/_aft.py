@@ -1,0 +1,296 @@
+"""AFT mixing: O[t, c] = sum_t' exp(K[t', c] + w'[t, t']) V[t', c] / sum_t' exp(K[t', c] + w'[t, t'])
+over allowed t', as block GEMMs, never forming the (B, l, l, d) broadcast.
+
+Columns are (batch element, channel) pairs; w' is (G, l, l) with G = 1 (aft_full, aft_local,
+aft_simple has none) or G = n_heads (aft_conv: channels of head g use w'[g]), so the columns are
+grouped by head and group g's columns are n in [0, B * d/G): b = n // (d/G), c = g * d/G + n % (d/G).
+
+Stabilizer.  Inside one (row block, key block) tile, exp(K + w) = exp(w - mw[t]) exp(K - mk[c])
+exp(mw[t] + mk[c]) with mw the row maxima of w over the tile's keys and mk the column maxima of K over
+its allowed keys (key padding excluded), so the tile's sums are two GEMMs, exp(w - mw) @ (exp(K - mk) V)
+and exp(w - mw) @ exp(K - mk), carried at the bound mw[t] + mk[c] and merged across key blocks with a
+running maximum per (t, c) -- flash attention's online rescaling.  Both factors are <= 1, so nothing
+overflows; a term underflows only when it is ~87 (float32) below the bound, which is harmless while
+the bound is near the true maximum of K + w over the tile's allowed pairs.
+Under a causal mask the tile on the diagonal is the one place where that fails: its key maximum may
+come from a key after the row (K spread over +-80 makes the visible terms underflow to 0/0), so the
+diagonal tile is computed exactly, elementwise in a (rows, keys, columns) block, with the true per-(t, c)
+maximum over visible keys.  Remaining limit (documented, tested at its edge): w and K anti-correlated
+by more than ~80 inside one off-diagonal tile.
+
+Kernels: ``_fwd`` (O and the per-(t, c) log-sum-exp), ``_bwd_dkv`` (per key block: dV = sum_t P dO and
+dK = V dV - sum_t P (dO O)), ``_bwd_dw`` (per (row, key) tile: dw' = sum over the group's columns of
+P (dO V - dO O), the batch and channel reduction inside the kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, mask_args
+
+NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
+
+
+@triton.jit
+def _cols(pid_n, g, eg, N, BN: tl.constexpr):
+    cols = pid_n * BN + tl.arange(0, BN)
+    return cols // eg, g * eg + cols % eg, cols < N
+
+
+@triton.jit
+def _load_bc(ptr, s_b, s_t, s_c, idx, b, c, col_ok, l, ACC: tl.constexpr):
+    """A (len(idx), BN) tile of a (B, l, d) tensor at positions idx and columns (b, c); 0 outside."""
+    return tl.load(ptr + b[None, :] * s_b + idx[:, None] * s_t + c[None, :] * s_c,
+                   mask=(idx[:, None] < l) & col_ok[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK: tl.constexpr):
+    ok = (keys[:, None] < l) & col_ok[None, :]
+    if HAS_MASK:
+        kp = tl.load(m_ptr + b[None, :] * s_mb + keys[:, None] * s_mk, mask=ok, other=0)
+        ok = ok & (kp != 0)
+    return ok
+
+
+@triton.jit
+def _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, CAUSAL: tl.constexpr, HAS_W: tl.constexpr,
+            ACC: tl.constexpr):
+    """(w'[rows, keys], allowed) for one tile: allowed = inside l and, causal, key <= row."""
+    ok = (rows[:, None] < l) & (keys[None, :] < l)
+    if CAUSAL:
+        ok = ok & (keys[None, :] <= rows[:, None])
+    if HAS_W:
+        w = tl.load(w_ptr + g * s_wg + rows[:, None] * s_wt + keys[None, :] * s_wk, mask=ok, other=0.0)
+        w = w.to(ACC)
+    else:
+        w = tl.zeros(ok.shape, ACC)
+    return w, ok
+
+
+@triton.jit
+def _factors(w, wok, kv, kok):
+    """exp(w - mw), exp(K - mk), and the bound mw[t] + mk[c] (-inf where a side has nothing allowed)."""
+    mw = tl.max(tl.where(wok, w, NEG), 1)
+    mk = tl.max(tl.where(kok, kv, NEG), 0)
+    mw_s = tl.where(mw == NEG, 0.0, mw)
+    mk_s = tl.where(mk == NEG, 0.0, mk)
+    ew = tl.where(wok, tl.exp(w - mw_s[:, None]), 0.0)
+    ek = tl.where(kok, tl.exp(kv - mk_s[None, :]), 0.0)
+    some = (mw != NEG)[:, None] & (mk != NEG)[None, :]
+    return ew, ek, tl.where(some, mw_s[:, None] + mk_s[None, :], NEG)
+
+
+@triton.jit
+def _exact_z(w, wok, kv, kok):
+    """The diagonal tile, elementwise: z = K + w (rows, keys, columns), -inf where not allowed."""
+    ok = wok[:, :, None] & kok[None, :, :]
+    return tl.where(ok, kv[None, :, :] + w[:, :, None], NEG)
+
+
+@triton.jit
+def _merge(m, num, den, bm, bnum, bden):
+    """Add a block's sums, carried at bm, into running sums carried at m (per (t, c))."""
+    m_new = tl.maximum(m, bm)
+    m_s = tl.where(m_new == NEG, 0.0, m_new)
+    a_old = tl.exp(m - m_s)
+    a_blk = tl.exp(bm - m_s)
+    return m_new, num * a_old + bnum * a_blk, den * a_old + bden * a_blk
+
+
+@triton.jit
+def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
+         o_ptr, lse_ptr, l, d, eg, N,
+         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+         BT: tl.constexpr, BN: tl.constexpr):
+    pid_t, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    BK: tl.constexpr = BT  # square tiles: the causal diagonal is exactly one tile
+    rows = pid_t * BT + tl.arange(0, BT)
+    b, c, col_ok = _cols(pid_n, g, eg, N, BN)
+    m = tl.full([BT, BN], NEG, ACC)
+    num = tl.zeros([BT, BN], ACC)
+    den = tl.zeros([BT, BN], ACC)
+    hi = pid_t * BT if CAUSAL else l  # off-diagonal key blocks
+    for start in range(0, hi, BK):
+        keys = start + tl.arange(0, BK)
+        kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+        kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
+        vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
+        w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
+        ew, ek, bm = _factors(w, wok, kv, kok)
+        bden = tl.dot(ew, ek, out_dtype=ACC, input_precision="ieee")
+        bnum = tl.dot(ew, ek * vv, out_dtype=ACC, input_precision="ieee")
+        m, num, den = _merge(m, num, den, bm, bnum, bden)
+    if CAUSAL:
+        keys = pid_t * BT + tl.arange(0, BK)
+        kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+        kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
+        vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
+        w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
+        z = _exact_z(w, wok, kv, kok)
+        bm = tl.max(z, 1)
+        e3 = tl.exp(z - tl.where(bm == NEG, 0.0, bm)[:, None, :])
+        m, num, den = _merge(m, num, den, bm, tl.sum(e3 * vv[None, :, :], 1), tl.sum(e3, 1))
+    has = den > 0
+    out = num / tl.where(has, den, 1.0)  # nothing allowed: num = 0, so out = 0
+    lse = tl.where(has, tl.where(has, m, 0.0) + tl.log(tl.where(has, den, 1.0)), float("inf"))
+    at = b[None, :] * l * d + rows[:, None] * d + c[None, :]  # o and lse are contiguous (B, l, d)
+    ok = (rows[:, None] < l) & col_ok[None, :]
+    tl.store(o_ptr + at, out.to(o_ptr.dtype.element_ty), mask=ok)
+    tl.store(lse_ptr + at, lse, mask=ok)
+
+
+@triton.jit
+def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
+             do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, l, d, eg, N,
+             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+             BT: tl.constexpr, BN: tl.constexpr):
+    pid_k, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    BK: tl.constexpr = BT
+    keys = pid_k * BK + tl.arange(0, BK)
+    b, c, col_ok = _cols(pid_n, g, eg, N, BN)
+    kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+    kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
+    vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
+    dv = tl.zeros([BK, BN], ACC)
+    pd = tl.zeros([BK, BN], ACC)  # sum_t P[t, t'] delta[t]
+    lo = (pid_k + 1) * BK if CAUSAL else 0  # off-diagonal row blocks: after the keys when causal
+    for start in range(lo, l, BT):
+        rows = start + tl.arange(0, BT)
+        w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
+        ew, ek, bm = _factors(w, wok, kv, kok)
+        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))  # P = ew ek scale; lse = +inf -> 0
+        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        ewt = tl.trans(ew)
+        dv += ek * tl.dot(ewt, scale * do, out_dtype=ACC, input_precision="ieee")
+        pd += ek * tl.dot(ewt, scale * delta, out_dtype=ACC, input_precision="ieee")
+    if CAUSAL:
+        rows = pid_k * BK + tl.arange(0, BT)
+        w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
+        z = _exact_z(w, wok, kv, kok)
+        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        p3 = tl.exp(z - lse[:, None, :])
+        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        dv += tl.sum(p3 * do[:, None, :], 0)
+        pd += tl.sum(p3 * delta[:, None, :], 0)
+    at = b[None, :] * l * d + keys[:, None] * d + c[None, :]
+    ok = (keys[:, None] < l) & col_ok[None, :]
+    tl.store(dv_ptr + at, dv.to(dv_ptr.dtype.element_ty), mask=ok)
+    tl.store(dk_ptr + at, (vv * dv - pd).to(dk_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
+            do_ptr, lse_ptr, delta_ptr, dw_ptr, l, d, eg, N,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+            BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr):
+    """DIAG=False: every (row, key) tile, off-diagonal math (causal: tiles on or above the diagonal
+    are skipped, the diagonal by the DIAG=True launch, which computes it exactly)."""
+    pid_t, pid_k, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    BK: tl.constexpr = BT
+    if DIAG:
+        pid_k = pid_t
+    rows = pid_t * BT + tl.arange(0, BT)
+    keys = pid_k * BK + tl.arange(0, BK)
+    w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, DIAG, HAS_W, ACC)
+    acc = tl.zeros([BT, BK], ACC)
+    n_cols = N
+    if CAUSAL and not DIAG:
+        n_cols = tl.where(pid_k < pid_t, N, 0)
+    for n0 in range(0, n_cols, BN):
+        b, c, col_ok = _cols(n0 // BN, g, eg, N, BN)
+        kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+        kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
+        vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
+        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        if DIAG:
+            p3 = tl.exp(_exact_z(w, wok, kv, kok) - lse[:, None, :])
+            acc += tl.sum(p3 * (do[:, None, :] * vv[None, :, :] - delta[:, None, :]), 2)
+        else:
+            ew, ek, bm = _factors(w, wok, kv, kok)
+            scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
+            t1 = tl.dot(scale * do, tl.trans(ek * vv), out_dtype=ACC, input_precision="ieee")
+            t2 = tl.dot(scale * delta, tl.trans(ek), out_dtype=ACC, input_precision="ieee")
+            acc += ew * (t1 - t2)
+    ok = (rows[:, None] < l) & (keys[None, :] < l)
+    if CAUSAL and not DIAG:
+        ok = ok & (keys[None, :] < pid_t * BT)  # below the diagonal only: the DIAG launch does it
+    tl.store(dw_ptr + g * l * l + rows[:, None] * l + keys[None, :], acc, mask=ok)
+
+
+#: Square tile side and column block.  The diagonal tile's elementwise block is BT * BT * BN.
+BT, BN = 16, 32
+
+
+class AftMix(torch.autograd.Function):
+    """k, v (B, l, d), w (G, l, l) or None -> O (B, l, d), the normalised sums before the sigmoid gate."""
+
+    @staticmethod
+    def forward(ctx, k, v, w, causal, mask):
+        B, l, d = k.shape
+        G = 1 if w is None else w.shape[0]
+        eg = d // G
+        N = B * eg
+        stat = torch.float64 if v.dtype == torch.float64 else torch.float32
+        out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
+        lse = torch.empty(B, l, d, device=v.device, dtype=stat)
+        m, smb, smk, has_mask = mask_args(mask, v)
+        wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
+        meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
+                    BT=BT, BN=BN)
+        _fwd[(triton.cdiv(l, BT), triton.cdiv(N, BN), G)](
+            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, lse, l, d, eg, N, **meta)
+        ctx.save_for_backward(k, v, w, m, out, lse)
+        ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        k, v, w, m, out, lse = ctx.saved_tensors
+        smb, smk, G, eg, N = ctx.dims
+        meta = ctx.meta
+        B, l, d = k.shape
+        dout = dout.contiguous()
+        delta = (dout.to(lse.dtype) * out.to(lse.dtype)).contiguous()
+        wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
+        common = (k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, dout, lse, delta)
+        dk = dv = dw = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)
+            dv = torch.empty(B, l, d, device=k.device, dtype=v.dtype)
+            _bwd_dkv[(triton.cdiv(l, BT), triton.cdiv(N, BN), G)](*common, dk, dv, l, d, eg, N, **meta)
+        if w is not None and ctx.needs_input_grad[2]:
+            dw = torch.zeros(G, l, l, device=k.device, dtype=lse.dtype)
+            nb = triton.cdiv(l, BT)
+            _bwd_dw[(nb, nb, G)](*common, dw, l, d, eg, N, DIAG=False, **meta)
+            if meta["CAUSAL"]:
+                _bwd_dw[(nb, 1, G)](*common, dw, l, d, eg, N, DIAG=True, **meta)
+            dw = dw.to(w.dtype)
+        return dk, dv, dw, None, None
+
+
+def aft_layer(spec, p, x, causal, mask):
+    """The whole AFT layer: projections and gate in torch, the weighted sums in :class:`AftMix`.
+
+    w' comes from the reference's own ``position_bias`` (as x's tensors), so that its construction
+    (band, taps, low rank) is the spec's and autograd carries dw' back to the parameters."""
+    from array_api_compat import array_namespace
+
+    from synth_ref import _aft
+
+    q = x @ p["w_q"] + p["b_q"]
+    k = x @ p["w_k"] + p["b_k"]
+    v = x @ p["w_v"] + p["b_v"]
+    l = x.shape[1]
+    w = _aft.position_bias(spec, p, array_namespace(x), l, causal, None, x.device)
+    dt = v.dtype
+    o = AftMix.apply(k.to(dt), v, None if w is None else w.to(dt), bool(causal), mask)
+    return (torch.sigmoid(q) * o) @ p["w_o"] + p["b_o"]

@@ -1,0 +1,46 @@
+"""Helpers shared by the kernel wrappers: dtypes, block sizes, mask arguments."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+#: Accumulator dtype per input dtype: float64 inputs (interpreter tests) keep float64 end to end;
+#: half types accumulate in float32 as flash attention does.
+ACC = {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.float32,
+       torch.bfloat16: tl.float32}
+
+#: Warps per program for the GEMM-shaped kernels: with 64-wide tiles, 4 warps spill registers on
+#: sm_90 (ptxas -v on the AOT-compiled kernels), 8 do not.
+NUM_WARPS = 8
+
+#: The smallest block side: tl.dot needs at least 16 on NVIDIA GPUs.
+MIN_BLOCK = 16
+
+
+#: An upper bound on every block side; tests lower it to 16 so that small shapes still span
+#: several blocks (the online-softmax merges, the causal skips) under the interpreter.
+BLOCK_CAP = 128
+
+
+def block(n: int, cap: int) -> int:
+    """A power-of-two block side covering n, at least MIN_BLOCK and at most min(cap, BLOCK_CAP)."""
+    return max(MIN_BLOCK, min(cap, BLOCK_CAP, triton.next_power_of_2(max(1, n))))
+
+
+def acc_dtype(t: torch.Tensor):
+    return ACC[t.dtype]
+
+
+def mask_args(mask: torch.Tensor | None, like: torch.Tensor):
+    """(tensor, batch stride, key stride, has_mask) for a (B, l) boolean key-padding mask; a dummy
+    one-element tensor when there is none (Triton still wants a pointer)."""
+    if mask is None:
+        return like.new_zeros(1, dtype=torch.int8), 0, 0, False
+    m = mask.to(torch.int8)
+    return m, m.stride(0), m.stride(1), True
+
+
+def grad_or_none(needed: bool, t):
+    return t if needed else None

@@ -1,0 +1,271 @@
+"""Flash-style softmax mixing for every logit that is a product plus biases:
+
+    S[b, h, t, t'] = scale * Q[b, h, t] . K[b, h, t'] + kb[h, t'] + fb[h, t, t'],   O = softmax(S) V
+
+never storing S or P.  One kernel family covers several variants by what it is handed:
+- dot_product: Q, K the projected queries and keys, scale 1/sqrt(e);
+- dense: Q = relu(x w_1 + b_1) per head, K = w_2[:, :, :l]^T -- learned static keys shared by the
+  batch (batch stride 0) -- and kb = b_2[:, :l];
+- factorized_random: Q = r_1[:, :l], K = r_2[:, :l], both shared by the batch;
+- a mixture of these: the components' Q and K concatenated along features, each Q scaled by its
+  weight alpha_c, kb the dense component's alpha * b_2, and fb = alpha * R for a random component
+  (R shared by the batch, read tile by tile).
+
+Kernels: ``_fwd`` (online softmax over key blocks; stores O and the row log-sum-exp), ``_bwd_dkv``
+(per key block: dK, dV and the key-bias gradient per batch element), ``_bwd_dq`` (per row block),
+``_bwd_dfb`` (per (row, key) tile, summing over the batch inside the kernel: the gradient of the
+shared bias fb never exists per batch element).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import NUM_WARPS, acc_dtype, block, mask_args
+
+
+@triton.jit
+def _load_rows(ptr, s_b, s_h, s_t, s_d, b, hh, rows, l, D, BD: tl.constexpr):
+    """A (rows, BD) tile of a (B, h, l, D) tensor, 0 outside."""
+    d = tl.arange(0, BD)
+    return tl.load(ptr + b * s_b + hh * s_h + rows[:, None] * s_t + d[None, :] * s_d,
+                   mask=(rows[:, None] < l) & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, s_b, s_h, s_t, s_d, b, hh, rows, l, D, val, BD: tl.constexpr):
+    d = tl.arange(0, BD)
+    tl.store(ptr + b * s_b + hh * s_h + rows[:, None] * s_t + d[None, :] * s_d,
+             val.to(ptr.dtype.element_ty), mask=(rows[:, None] < l) & (d[None, :] < D))
+
+
+@triton.jit
+def _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+            b, hh, rows, keys, l, scale,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+            ACC: tl.constexpr):
+    """S for a (rows, keys) tile, -inf where the pair is not allowed."""
+    s = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision="ieee") * scale
+    ok = (rows[:, None] < l) & (keys[None, :] < l)
+    if CAUSAL:
+        ok = ok & (keys[None, :] <= rows[:, None])
+    if HAS_MASK:
+        kp = tl.load(m_ptr + b * s_mb + keys * s_mk, mask=keys < l, other=0)
+        ok = ok & (kp[None, :] != 0)
+    if HAS_KB:
+        s += tl.load(kb_ptr + hh * s_kbh + keys * s_kbt, mask=keys < l, other=0.0).to(ACC)[None, :]
+    if HAS_FB:
+        s += tl.load(fb_ptr + hh * s_fbh + rows[:, None] * s_fbt + keys[None, :] * s_fbk,
+                     mask=ok, other=0.0).to(ACC)
+    return tl.where(ok, s, float("-inf"))
+
+
+@triton.jit
+def _fwd(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
+         kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+         o_ptr, s_ob, s_oh, s_ot, s_oe, lse_ptr,
+         H, l, D, E, scale,
+         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+         ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, hh = bh // H, bh % H
+    rows = pid_m * BM + tl.arange(0, BM)
+    q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
+    m_i = tl.full([BM], float("-inf"), ACC)
+    l_i = tl.zeros([BM], ACC)
+    acc = tl.zeros([BM, BE], ACC)
+    hi = tl.minimum(l, (pid_m + 1) * BM) if CAUSAL else l
+    for start in range(0, hi, BK):
+        keys = start + tl.arange(0, BK)
+        kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
+        s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision="ieee")
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]  # an empty row: acc = 0, so out = 0
+    _store_rows(o_ptr, s_ob, s_oh, s_ot, s_oe, b, hh, rows, l, E, out, BE)
+    # An empty row stores +inf, so that exp(s - lse) = 0 there in the backward.
+    lse = tl.where(has, tl.where(has, m_i, 0.0) + tl.log(tl.where(has, l_i, 1.0)), float("inf"))
+    tl.store(lse_ptr + bh * l + rows, lse, mask=rows < l)
+
+
+@triton.jit
+def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
+             kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+             do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr,
+             dk_ptr, dv_ptr, dkb_ptr,
+             H, l, D, E, scale,
+             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+    pid_k, bh = tl.program_id(0), tl.program_id(1)
+    b, hh = bh // H, bh % H
+    keys = pid_k * BK + tl.arange(0, BK)
+    kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
+    v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
+    dk = tl.zeros([BK, BD], ACC)
+    dv = tl.zeros([BK, BE], ACC)
+    dkb = tl.zeros([BK], ACC)
+    lo = (pid_k * BK) // BM * BM if CAUSAL else 0  # rows above these keys see none of them
+    for start in range(lo, l, BM):
+        rows = start + tl.arange(0, BM)
+        q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
+        do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
+        lse = tl.load(lse_ptr + bh * l + rows, mask=rows < l, other=float("inf"))
+        delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+        s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+        p = tl.exp(s - lse[:, None])
+        dv += tl.dot(tl.trans(p).to(do.dtype), do, out_dtype=ACC, input_precision="ieee")
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=ACC, input_precision="ieee")
+        dkb += tl.sum(ds, 0)
+    # dK, dV and dkb are (B, h, l, .) contiguous; the wrapper sums them over the batch where the
+    # input was shared (stride 0).
+    _store_rows(dk_ptr, H * l * D, l * D, D, 1, b, hh, keys, l, D, dk * scale, BD)
+    _store_rows(dv_ptr, H * l * E, l * E, E, 1, b, hh, keys, l, E, dv, BE)
+    if HAS_KB:
+        tl.store(dkb_ptr + bh * l + keys, dkb, mask=keys < l)
+
+
+@triton.jit
+def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
+            kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+            do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr, dq_ptr,
+            H, l, D, E, scale,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+            ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, hh = bh // H, bh % H
+    rows = pid_m * BM + tl.arange(0, BM)
+    q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
+    do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
+    lse = tl.load(lse_ptr + bh * l + rows, mask=rows < l, other=float("inf"))
+    delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+    dq = tl.zeros([BM, BD], ACC)
+    hi = tl.minimum(l, (pid_m + 1) * BM) if CAUSAL else l
+    for start in range(0, hi, BK):
+        keys = start + tl.arange(0, BK)
+        kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
+        v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
+        s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+        p = tl.exp(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), kt, out_dtype=ACC, input_precision="ieee")
+    _store_rows(dq_ptr, H * l * D, l * D, D, 1, b, hh, rows, l, D, dq * scale, BD)
+
+
+@triton.jit
+def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
+             kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+             do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr, dfb_ptr,
+             B, H, l, D, E, scale,
+             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+    pid_m, pid_k, hh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = pid_m * BM + tl.arange(0, BM)
+    keys = pid_k * BK + tl.arange(0, BK)
+    acc = tl.zeros([BM, BK], ACC)
+    n_batch = B
+    if CAUSAL:  # tiles wholly above the diagonal are 0: run no batch element for them
+        n_batch = tl.where(pid_k * BK > pid_m * BM + BM - 1, 0, B)
+    for b in range(0, n_batch):
+        bh = b * H + hh
+        q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
+        do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
+        kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
+        v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
+        lse = tl.load(lse_ptr + bh * l + rows, mask=rows < l, other=float("inf"))
+        delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+        s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+        p = tl.exp(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
+        acc += p * (dp - delta[:, None])
+    tl.store(dfb_ptr + hh * l * l + rows[:, None] * l + keys[None, :], acc,
+             mask=(rows[:, None] < l) & (keys[None, :] < l))
+
+
+def _bias_args(t, n, like):
+    """(tensor, strides...) for an optional bias of n dims; a dummy pointer and zero strides for None."""
+    if t is None:
+        return (like.new_zeros(1),) + (0,) * n
+    return (t,) + tuple(t.stride())
+
+
+class FlashMix(torch.autograd.Function):
+    """softmax(scale Q K^T + kb + fb) V: q, k (B, h, l, D), v (B, h, l, E), kb (h, l) or None,
+    fb (h, l, l) or None; any strides (shared inputs may have batch stride 0)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kb, fb, scale, causal, mask):
+        B, H, l, D = q.shape
+        E = v.shape[-1]
+        dt = v.dtype
+        stat = torch.float64 if dt == torch.float64 else torch.float32
+        out = torch.empty(B, H, l, E, device=v.device, dtype=dt)
+        lse = torch.empty(B, H, l, device=v.device, dtype=stat)
+        m, smb, smk, has_mask = mask_args(mask, v)
+        meta = _meta(l, D, E, causal, has_mask, kb, fb, dt)
+        _fwd[(triton.cdiv(l, meta["BM"]), B * H)](
+            q, *q.stride(), k, *k.stride(), v, *v.stride(), *_bias_args(kb, 2, v), *_bias_args(fb, 3, v),
+            m, smb, smk, out, *out.stride(), lse, H, l, D, E, float(scale), **meta)
+        ctx.save_for_backward(q, k, v, kb, fb, m, out, lse)
+        ctx.scale, ctx.causal, ctx.has_mask = float(scale), causal, has_mask
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, kb, fb, m, out, lse = ctx.saved_tensors
+        B, H, l, D = q.shape
+        E = v.shape[-1]
+        has_mask = ctx.has_mask
+        smb, smk = (m.stride(0), m.stride(1)) if has_mask else (0, 0)
+        meta = _meta(l, D, E, ctx.causal, has_mask, kb, fb, v.dtype)
+        delta = (dout.to(lse.dtype) * out.to(lse.dtype)).sum(-1).contiguous()  # (B, h, l)
+        common = (q, *q.stride(), k, *k.stride(), v, *v.stride(), *_bias_args(kb, 2, v),
+                  *_bias_args(fb, 3, v), m, smb, smk, dout, *dout.stride(), lse, delta)
+        need_q, need_k, need_v, need_kb, need_fb = ctx.needs_input_grad[:5]
+        dq = dk = dv = dkb = dfb = None
+        if need_k or need_v or need_kb:
+            dk = torch.empty(B, H, l, D, device=q.device, dtype=lse.dtype)
+            dv = torch.empty(B, H, l, E, device=q.device, dtype=lse.dtype)
+            dkb = torch.empty(B, H, l, device=q.device, dtype=lse.dtype) if kb is not None else dk
+            _bwd_dkv[(triton.cdiv(l, meta["BK"]), B * H)](*common, dk, dv, dkb, H, l, D, E, ctx.scale, **meta)
+            dk, dv = dk.to(k.dtype), dv.to(v.dtype)
+            dkb = dkb.sum(0).to(kb.dtype) if (kb is not None and need_kb) else None
+        if need_q:
+            dq = torch.empty(B, H, l, D, device=q.device, dtype=lse.dtype)
+            _bwd_dq[(triton.cdiv(l, meta["BM"]), B * H)](*common, dq, H, l, D, E, ctx.scale, **meta)
+            dq = dq.to(q.dtype)
+        if need_fb:
+            dfb = torch.empty(H, l, l, device=q.device, dtype=lse.dtype)
+            _bwd_dfb[(triton.cdiv(l, meta["BM"]), triton.cdiv(l, meta["BK"]), H)](
+                *common, dfb, B, H, l, D, E, ctx.scale, **meta)
+            dfb = dfb.to(fb.dtype)
+        return dq, dk, dv, dkb, dfb, None, None, None
+
+
+def _meta(l, D, E, causal, has_mask, kb, fb, dtype):
+    return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_KB=kb is not None, HAS_FB=fb is not None,
+                ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=block(l, 64), BK=block(l, 32),
+                BD=block(D, 256), BE=block(E, 256), num_warps=NUM_WARPS)
+
+
+def flash_mix(q, k, v, kb=None, fb=None, *, scale=1.0, causal=False, mask=None):
+    """See :class:`FlashMix`; all tensors are cast to v's dtype."""
+    dt = v.dtype
+    kb = None if kb is None else kb.to(dt)
+    fb = None if fb is None else fb.to(dt)
+    return FlashMix.apply(q.to(dt), k.to(dt), v, kb, fb, scale, bool(causal), mask)

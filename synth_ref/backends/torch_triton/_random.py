@@ -1,0 +1,209 @@
+"""Random synthesizer: O = softmax(R) V with R (h, l, l) shared by the batch.
+
+Because R does not depend on the input, the batch folds into the value columns: without a key
+padding mask every batch element has the same weights, so one (l x l) by (l x B*e) product per head
+computes all of them, and softmax(R) is evaluated once per column block instead of once per batch
+element.  With a mask the weights differ per batch element, and the columns are grouped by batch
+element (G = B groups of e columns instead of one group of B*e).
+
+Column n of group g is batch element b = g + n // e, feature c = n % e.
+
+Kernels (flash-style: softmax(R) is never stored):
+- ``_fwd``: per (row block, column block, head x group) the online softmax over key blocks; stores
+  O and the row log-sum-exp (one per head, group and row).
+- ``_bwd_dv``: dV = P^T dO, per (key block, column block, head x group), looping over row blocks.
+- ``_bwd_dr``: dR = sum over groups of P * (dO V^T - delta), per (row block, key block, head),
+  looping over groups and column blocks: the batch reduction of dR happens inside the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import NUM_WARPS, acc_dtype, block, mask_args
+
+
+@triton.jit
+def _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
+    """R[hh, rows, keys] with -inf where the pair is not allowed (outside l, causal, padding)."""
+    ok = (rows[:, None] < l) & (keys[None, :] < l)
+    if CAUSAL:
+        ok = ok & (keys[None, :] <= rows[:, None])
+    if HAS_MASK:
+        kp = tl.load(m_ptr + g * s_mb + keys * s_mk, mask=keys < l, other=0)
+        ok = ok & (kp[None, :] != 0)
+    s = tl.load(r_ptr + hh * s_rh + rows[:, None] * s_rt + keys[None, :] * s_rk, mask=ok, other=0.0)
+    return tl.where(ok, s.to(ACC), float("-inf"))
+
+
+@triton.jit
+def _fwd(r_ptr, s_rh, s_rt, s_rk,
+         v_ptr, s_vb, s_vh, s_vt, s_ve,
+         o_ptr, s_ob, s_oh, s_ot, s_oe,
+         lse_ptr, m_ptr, s_mb, s_mk,
+         l, e, N, G,
+         CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m, pid_n, pid_hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hh, g = pid_hg // G, pid_hg % G
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    b, c = g + cols // e, cols % e
+    col_ok = cols < N
+    m_i = tl.full([BM], float("-inf"), ACC)
+    l_i = tl.zeros([BM], ACC)
+    acc = tl.zeros([BM, BN], ACC)
+    hi = tl.minimum(l, (pid_m + 1) * BM) if CAUSAL else l
+    for start in range(0, hi, BK):
+        keys = start + tl.arange(0, BK)
+        s = _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g, CAUSAL, HAS_MASK, ACC)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        v = tl.load(v_ptr + b[None, :] * s_vb + hh * s_vh + keys[:, None] * s_vt + c[None, :] * s_ve,
+                    mask=(keys[:, None] < l) & col_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=ACC, input_precision="ieee")
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
+    tl.store(o_ptr + b[None, :] * s_ob + hh * s_oh + rows[:, None] * s_ot + c[None, :] * s_oe,
+             out.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < l) & col_ok[None, :])
+    if pid_n == 0:
+        # An empty row stores +inf, so that exp(s - lse) = 0 there in the backward.
+        has = l_i > 0
+        lse = tl.where(has, tl.where(has, m_i, 0.0) + tl.log(tl.where(has, l_i, 1.0)), float("inf"))
+        tl.store(lse_ptr + pid_hg * l + rows, lse, mask=rows < l)
+
+
+@triton.jit
+def _bwd_dv(r_ptr, s_rh, s_rt, s_rk,
+            do_ptr, s_db, s_dh, s_dt, s_de,
+            dv_ptr, s_gb, s_gh, s_gt, s_ge,
+            lse_ptr, m_ptr, s_mb, s_mk,
+            l, e, N, G,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_k, pid_n, pid_hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hh, g = pid_hg // G, pid_hg % G
+    keys = pid_k * BK + tl.arange(0, BK)
+    cols = pid_n * BN + tl.arange(0, BN)
+    b, c = g + cols // e, cols % e
+    col_ok = cols < N
+    acc = tl.zeros([BK, BN], ACC)
+    lo = (pid_k * BK) // BM * BM if CAUSAL else 0  # rows above the keys see none of them
+    for start in range(lo, l, BM):
+        rows = start + tl.arange(0, BM)
+        s = _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g, CAUSAL, HAS_MASK, ACC)
+        lse = tl.load(lse_ptr + pid_hg * l + rows, mask=rows < l, other=float("inf"))
+        p = tl.exp(s - lse[:, None])
+        do = tl.load(do_ptr + b[None, :] * s_db + hh * s_dh + rows[:, None] * s_dt + c[None, :] * s_de,
+                     mask=(rows[:, None] < l) & col_ok[None, :], other=0.0)
+        acc += tl.dot(tl.trans(p).to(do.dtype), do, out_dtype=ACC, input_precision="ieee")
+    tl.store(dv_ptr + b[None, :] * s_gb + hh * s_gh + keys[:, None] * s_gt + c[None, :] * s_ge,
+             acc.to(dv_ptr.dtype.element_ty), mask=(keys[:, None] < l) & col_ok[None, :])
+
+
+@triton.jit
+def _bwd_dr(r_ptr, s_rh, s_rt, s_rk,
+            v_ptr, s_vb, s_vh, s_vt, s_ve,
+            do_ptr, s_db, s_dh, s_dt, s_de,
+            dr_ptr, s_gh, s_gt, s_gk,
+            lse_ptr, delta_ptr, m_ptr, s_mb, s_mk,
+            l, e, N, G,
+            CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m, pid_k, hh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = pid_m * BM + tl.arange(0, BM)
+    keys = pid_k * BK + tl.arange(0, BK)
+    acc = tl.zeros([BM, BK], ACC)
+    n_groups = G
+    if CAUSAL:  # tiles wholly above the diagonal are 0: run no group for them
+        n_groups = tl.where(pid_k * BK > pid_m * BM + BM - 1, 0, G)
+    for g in range(0, n_groups):
+        s = _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g, CAUSAL, HAS_MASK, ACC)
+        lse = tl.load(lse_ptr + (hh * G + g) * l + rows, mask=rows < l, other=float("inf"))
+        delta = tl.load(delta_ptr + (hh * G + g) * l + rows, mask=rows < l, other=0.0)
+        p = tl.exp(s - lse[:, None])
+        dp = tl.zeros([BM, BK], ACC)
+        for n0 in range(0, N, BN):
+            cols = n0 + tl.arange(0, BN)
+            b, c = g + cols // e, cols % e
+            col_ok = cols < N
+            do = tl.load(do_ptr + b[None, :] * s_db + hh * s_dh + rows[:, None] * s_dt + c[None, :] * s_de,
+                         mask=(rows[:, None] < l) & col_ok[None, :], other=0.0)
+            v = tl.load(v_ptr + b[None, :] * s_vb + hh * s_vh + keys[:, None] * s_vt + c[None, :] * s_ve,
+                        mask=(keys[:, None] < l) & col_ok[None, :], other=0.0)
+            dp += tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
+        acc += p * (dp - delta[:, None])
+    tl.store(dr_ptr + hh * s_gh + rows[:, None] * s_gt + keys[None, :] * s_gk,
+             acc.to(dr_ptr.dtype.element_ty), mask=(rows[:, None] < l) & (keys[None, :] < l))
+
+
+def _layout(v, mask):
+    """(G, N): one group of B*e columns, or one group per batch element under a mask."""
+    B, _, _, e = v.shape
+    return (B, e) if mask is not None else (1, B * e)
+
+
+def _blocks(l, N):
+    return block(l, 64), block(N, 64), block(l, 64)
+
+
+class RandomMix(torch.autograd.Function):
+    """softmax(R) V per head: r (h, l, l), v (B, h, l, e) -> (B, h, l, e)."""
+
+    @staticmethod
+    def forward(ctx, r, v, causal, mask):
+        h, l, _ = r.shape
+        B, _, _, e = v.shape
+        G, N = _layout(v, mask)
+        BM, BN, BK = _blocks(l, N)
+        out = torch.empty_like(v)
+        lse = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
+                          else torch.float32)
+        m, smb, smk, has_mask = mask_args(mask, v)
+        grid = (triton.cdiv(l, BM), triton.cdiv(N, BN), h * G)
+        _fwd[grid](r, *r.stride(), v, *v.stride(), out, *out.stride(), lse, m, smb, smk,
+                   l, e, N, G, CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(v), BM=BM, BN=BN, BK=BK,
+                   num_warps=NUM_WARPS)
+        ctx.save_for_backward(r, v, out, lse, m)
+        ctx.causal, ctx.has_mask = causal, has_mask
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        r, v, out, lse, m = ctx.saved_tensors
+        causal, has_mask = ctx.causal, ctx.has_mask
+        h, l, _ = r.shape
+        B, _, _, e = v.shape
+        G, N = (B, e) if has_mask else (1, B * e)
+        BM, BN, BK = _blocks(l, N)
+        dout = dout.contiguous()
+        # delta[h, g, t] = sum over the group's columns of dO * O (the softmax backward's row term).
+        prod = (dout.to(lse.dtype) * out.to(lse.dtype)).sum(-1)  # (B, h, l)
+        grouped = prod if has_mask else prod.sum(0, keepdim=True)  # (G, h, l)
+        delta = grouped.permute(1, 0, 2).contiguous()
+        smb, smk = (m.stride(0), m.stride(1)) if has_mask else (0, 0)
+        meta = dict(CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(v), BM=BM, BN=BN, BK=BK,
+                    num_warps=NUM_WARPS)
+        dr = dv = None
+        if ctx.needs_input_grad[1]:
+            dv = torch.empty_like(v)
+            _bwd_dv[(triton.cdiv(l, BK), triton.cdiv(N, BN), h * G)](
+                r, *r.stride(), dout, *dout.stride(), dv, *dv.stride(), lse, m, smb, smk, l, e, N, G, **meta)
+        if ctx.needs_input_grad[0]:
+            dr = torch.empty(r.shape, device=r.device, dtype=r.dtype)
+            _bwd_dr[(triton.cdiv(l, BM), triton.cdiv(l, BK), h)](
+                r, *r.stride(), v, *v.stride(), dout, *dout.stride(), dr, *dr.stride(),
+                lse, delta, m, smb, smk, l, e, N, G, **meta)
+        return dr, dv, None, None
+
+
+def random_mix(r, v, causal: bool, mask):
+    """r (h, L, L) (sliced to v's length here), v (B, h, l, e), mask (B, l) bool or None."""
+    l = v.shape[2]
+    return RandomMix.apply(r[:, :l, :l].to(v.dtype), v, bool(causal), mask)
