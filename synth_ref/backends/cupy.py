@@ -1,4 +1,4 @@
-"""CuPy adapter: the reference on CuPy arrays (forward only; vjp arrives with its own issue).
+"""CuPy adapter: hand-derived forward and backward passes with fused CUDA kernels (issue 6).
 
 ``available()`` returns (False, reason) when cupy is missing or no CUDA driver/GPU answers.
 """
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import synth_ref as sr
-
+from . import cupy_impl, cupy_kernels
 from ._protocol import import_error_reason
 
 
@@ -47,8 +46,15 @@ class CupyAdapter:
     def to_numpy(self, array):
         return _cupy().asnumpy(array)
 
+    # Issue 6: apply and vjp run the hand-derived passes (cupy_impl, derived in docs/backward.md)
+    # with the fused CUDA kernels (cupy_kernels.ops()); neither imports cupy until called.
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
-        return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        return cupy_impl.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask,
+                               ops=cupy_kernels.ops())
+
+    def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
+        return cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask,
+                             ops=cupy_kernels.ops())
 
 
 adapter = CupyAdapter()
