@@ -1,0 +1,123 @@
+"""Teeth: the suite must fail every deliberately wrong adapter, and pass each one's control twin.
+
+Each wrong adapter (``wrong_adapters.DEFECTS``) reproduces one defect of a public implementation;
+the suite's fixed ci grid runs against it on the variants it affects, in every dtype it claims.
+The first failing case is printed (and collected into the end-of-run summary).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from synth_ref.conformance import cases as C
+from synth_ref.conformance import check as K
+
+from . import wrong_adapters as W
+
+
+def _run(adapter, kinds=("forward", "gradient")):
+    outcomes = []
+    for case in C.grid("ci", variants=adapter.variants):
+        outcomes += K.run_case(adapter, case, kinds=kinds)
+    return outcomes
+
+
+@pytest.mark.parametrize("name", list(W.DEFECTS))
+def test_suite_catches_defect(name, request):
+    bad = W.make(name)
+    outcomes = _run(bad)
+    caught = [o for o in outcomes if o.blame == "adapter"]
+    first = caught[0].message() if caught else "(nothing)"
+    print(f"{name} ({bad.source}: {bad.defect}): caught by {len(caught)} of {len(outcomes)} checks")
+    print(f"first failing check: {first}")
+    request.node.user_properties.append(
+        ("conformance_teeth", (name, len(caught), len(outcomes), first.splitlines()[0]))
+    )
+    assert caught, f"the suite did not catch {name}: {bad.defect}"
+
+
+@pytest.mark.parametrize("name", list(W.DEFECTS))
+def test_control_twin_passes(name):
+    """The same code with the defect switched off passes: the catch is the defect's doing."""
+    good = W.make(name, enabled=False)
+    bad = [o for o in _run(good) if not o.ok]
+    assert not bad, "\n".join(o.message() for o in bad[:3])
+
+
+def test_suite_catches_untrained_r():
+    pytest.importorskip("torch")
+    caught = [o for o in _run(W.RNotTrained()) if o.blame == "adapter"]
+    assert caught and all(o.kind == "gradient" for o in caught)
+    assert caught[0].worst == "r", caught[0].message()
+    print(caught[0].message())
+    assert not [o for o in _run(W.RNotTrained(enabled=False)) if not o.ok]
+
+
+def test_grid_reaches_the_sizes_defects_need():
+    """Shape-dependent defects need certain sizes; the ci grid must contain them."""
+    g = C.grid("ci")
+
+    def has(variant, pred):
+        return any(c.variant == variant and pred(c) for c in g)
+
+    # reshape vs transpose: heads > 1 and l > 1
+    assert has("dense", lambda c: c.spec.n_heads > 1 and c.length > 1)
+    # tile vs outer: gcd(a, b) > 1 under the outer tiling, l > 1
+    import math
+
+    assert has("factorized_dense", lambda c: math.gcd(*c.spec.factors) > 1 and c.spec.tiling == "outer"
+               and c.length > 1)
+    # no max-subtraction / global key max: large logits, causal
+    for v in sr_variants():
+        assert has(v, lambda c: c.values == "large" and c.causal and c.length > 1), v
+    # AFT-local: a window shorter than l, a window of 1 and one >= l
+    assert has("aft_local", lambda c: c.spec.window < c.length)
+    assert has("aft_local", lambda c: c.spec.window == 1)
+    assert has("aft_local", lambda c: c.spec.window >= c.length > 1)
+    # aft_conv per-head normalisation: several heads
+    assert has("aft_conv", lambda c: c.spec.n_heads > 1 and c.length > 1)
+    # empty rows: fully masked element, and causal rows before the only real key
+    for v in sr_variants():
+        assert has(v, lambda c: c.mask == "all_masked")
+        assert has(v, lambda c: c.mask == "all_but_one" and c.causal)
+
+
+def sr_variants():
+    import synth_ref as sr
+
+    return sr.VARIANTS
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "synth_ref.conformance", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hypothesis") is None, reason="needs hypothesis")
+def test_cli_fails_a_wrong_adapter_and_writes_the_report(tmp_path):
+    """End to end: ``python -m synth_ref.conformance --adapter ...`` exits non-zero on a wrong
+    adapter and the report marks its variant FAIL; a correct run exits 0."""
+    report = tmp_path / "r.json"
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    env_path = [f"--report={report}"]
+    bad = _cli("--adapter", "conformance.wrong_adapters:RANDOM_SOFTMAX_SKIPPED", *env_path,
+               "--variant", "random", "--", "-k", "test_forward and float64", cwd=root)
+    assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
+    data = json.loads(report.read_text())
+    entry = data["backends"]["random-softmax-skipped"]
+    assert entry["cells"]["random"]["float64"]["forward"]["status"] == "fail"
+    assert "synth-ref conformance" in bad.stdout and "FAIL" in bad.stdout
+    good = _cli("--backend", "numpy", *env_path, "--variant", "random", "--", "-k",
+                "test_forward and float64", cwd=root)
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert set(data["backends"]) == {"random-softmax-skipped", "numpy"}
+    assert data["backends"]["numpy"]["cells"]["random"]["float64"]["forward"]["status"] == "pass"
+    assert report.with_suffix(".md").exists()

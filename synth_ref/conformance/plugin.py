@@ -1,0 +1,189 @@
+"""The pytest plugin that parametrizes the suite over backends and records the report.
+
+Options: ``--backend NAME`` (repeatable; ``all`` = every registered backend), ``--adapter
+package.module:object`` (repeatable), ``--profile ci|deep``, ``--report PATH``.  Without
+``--backend``/``--adapter`` the suite runs on ``numpy``.  Loaded by ``conformance/conftest.py``
+and by ``python -m synth_ref.conformance``; results travel in each test's ``user_properties`` so
+that they also reach the controller under pytest-xdist.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from .. import backends
+from . import cases as C
+from . import gold as G
+from . import report as R
+
+_KEY = "synth_ref_conformance"
+
+
+@dataclass
+class Target:
+    label: str
+    adapter: object | None
+    ok: bool
+    reason: str
+
+    def __repr__(self):  # pytest ids
+        return self.label
+
+
+def _targets(config) -> list[Target]:
+    names = []
+    for b in config.getoption("--backend") or []:
+        names += [n for n in b.split(",") if n]
+    if "all" in names:
+        names = [n for n in names if n != "all"] + [n for n in backends.names() if n not in names]
+    adapters = config.getoption("--adapter") or []
+    if not names and not adapters:
+        names = ["numpy"]
+    out = []
+    for n in names:
+        try:
+            a = backends.get(n)
+        except Exception as exc:  # noqa: BLE001 - report, do not crash collection
+            out.append(Target(n, None, False, f"{type(exc).__name__}: {exc}"))
+            continue
+        ok, why = backends.safe_available(a)
+        out.append(Target(a.name if n in backends.BUILTIN else n, a, ok, why))
+    for spec in adapters:
+        try:
+            a = backends.load(spec)
+        except Exception as exc:  # noqa: BLE001
+            out.append(Target(spec, None, False, f"{type(exc).__name__}: {exc}"))
+            continue
+        ok, why = backends.safe_available(a)
+        out.append(Target(a.name, a, ok, why))
+    return out
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("synth-ref conformance")
+    g.addoption("--backend", action="append", default=[],
+                help="backend to certify (repeatable, or comma-separated; 'all' for every one)")
+    g.addoption("--adapter", action="append", default=[],
+                help="certify the adapter at package.module:object (repeatable)")
+    g.addoption("--profile", default="ci", choices=("ci", "deep"),
+                help="ci: fixed derandomized grid and few drawn cases; deep: more of both")
+    g.addoption("--variant", action="append", default=[],
+                help="check only these variants (repeatable, or comma-separated)")
+    g.addoption("--report", default=None,
+                help="merge results into this JSON report and write the Markdown matrix next to it")
+
+
+def _hypothesis_profiles():
+    from hypothesis import HealthCheck, settings
+
+    common = dict(
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                               HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        print_blob=True,
+    )
+    settings.register_profile("synth-ref-ci", max_examples=12, derandomize=True, database=None, **common)
+    settings.register_profile("synth-ref-deep", max_examples=300, **common)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "conformance: a check of a backend against the reference")
+    session = Session(config)
+    config.stash[_STASH] = session
+    config.pluginmanager.register(session, "synth-ref-conformance-session")
+    try:
+        _hypothesis_profiles()
+        from hypothesis import settings
+
+        settings.load_profile("synth-ref-" + session.profile)
+    except ImportError:
+        pass
+
+
+def record(item, outcome) -> None:
+    """Attach one check's outcome to the running test (picked up by the report)."""
+    item.user_properties.append(("conformance", outcome.to_dict()))
+
+
+class Session:
+    """Per-run state and the hooks that need it."""
+
+    def __init__(self, config):
+        self.config = config
+        self.profile = config.getoption("--profile")
+        self.report = config.getoption("--report")
+        picked = [v for o in config.getoption("--variant") or [] for v in o.split(",") if v]
+        self.variants = tuple(picked) or None
+        self.records: list[dict] = []
+        self.gold_check: dict[str, float] = {}
+        self.started = time.time()
+        self.targets = _targets(config)
+        self.frameworks = G.configure_frameworks()
+        self.ran_suite = False
+        self.written = None
+
+    def pytest_generate_tests(self, metafunc):
+        names = metafunc.fixturenames
+        if "conformance_target" in names:
+            metafunc.parametrize("conformance_target", self.targets, ids=[t.label for t in self.targets])
+        if "grid_case" in names and "conformance_dtype" in names:
+            grad = metafunc.function.__name__ == "test_gradient"
+            pairs = [(c, d) for c in C.grid(self.profile, self.variants) for d in (c.grad_dtypes if grad else c.dtypes)]
+            metafunc.parametrize(
+                "grid_case,conformance_dtype", pairs, ids=[f"{c.id}-{d}" for c, d in pairs]
+            )
+        if "fd_case" in names:
+            fd = [c for c in C.finite_difference_cases()
+                  if self.variants is None or c.variant in self.variants]
+            metafunc.parametrize("fd_case", fd, ids=[c.variant for c in fd])
+
+    def pytest_runtest_logreport(self, report):
+        # on the controller this also sees xdist workers' reports
+        if report.when != "call":
+            return
+        for key, value in report.user_properties:
+            if key == "conformance":
+                self.records.append(value)
+                self.ran_suite = True
+            elif key == "conformance_gold_check":
+                self.gold_check[value[0]] = value[1]
+
+    def entries(self) -> list[dict]:
+        out = []
+        seconds = time.time() - self.started
+        for t in self.targets:
+            name = t.adapter.name if t.adapter is not None else t.label
+            recs = [r for r in self.records if r["backend"] == name]
+            if not t.ok or recs:
+                out.append(R.backend_entry(name, t.adapter, t.ok, t.reason, recs, self.profile, seconds))
+        return out
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if hasattr(self.config, "workerinput"):  # an xdist worker: the controller writes
+            return
+        if self.report and (self.ran_suite or any(not t.ok for t in self.targets)):
+            self.written = R.write(self.report, self.entries(), self.gold_check)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
+        if hasattr(config, "workerinput"):
+            return
+        if not (self.ran_suite or self.gold_check or self.written):
+            return
+        entries = self.entries()
+        if self.written:
+            text = R.summary(R.load(self.written[0]), only=[e["name"] for e in entries],
+                             md_path=self.written[1])
+        else:
+            text = R.summary({"backends": {e["name"]: e for e in entries}, "gold_check": self.gold_check})
+        for line in text.splitlines():
+            terminalreporter.write_line(line)
+
+
+def session(config) -> Session:
+    return config.stash[_STASH]
+
+
+_STASH = pytest.StashKey[Session]()
