@@ -98,10 +98,10 @@ def _spec_memory_exponent(settings, variant, lengths) -> float | None:
     return None if f is None else f["exponent"]
 
 
-def cpu_row(rows, settings, reference="numpy", direct="torch_direct") -> list[dict]:
+def cpu_row(rows, settings, probe_rows=(), reference="numpy", direct="torch_direct") -> list[dict]:
     """Per variant and dtype: the reference's forward time over the direct torch version's, at each
     length both reached; the torch adapter's too (forward and forward + backward); and the
-    reference's fitted memory exponent against the spec's."""
+    reference's memory growth against the spec's."""
     idx = _index(rows)
     out = []
     for variant in settings.variants:
@@ -129,18 +129,34 @@ def cpu_row(rows, settings, reference="numpy", direct="torch_direct") -> list[di
             entry["max_ratio"] = max(ratios)
             entry["ratio_at_longest"] = ratios[-1]  # points are in increasing length
             entry["within_limit"] = entry["max_ratio"] <= CPU_ROW_LIMIT
-            mem = [
-                (pt["length"], idx[(reference, variant, dtype, pt["length"], "forward")]["peak_bytes"])
-                for pt in entry["points"]
-                if (reference, variant, dtype, pt["length"], "forward") in idx
+            # Memory: from the memory probe (longer lengths) where it covers this variant, else the
+            # sweep; judged by the growth between the two longest lengths, since a plain
+            # implementation's fixed costs flatten the growth at short ones.
+            src = [
+                r
+                for r in probe_rows
+                if r["impl"] == reference
+                and r["variant"] == variant
+                and r["dtype"] == dtype
+                and r["status"] == "ok"
             ]
+            if not src:
+                src = [
+                    idx[(reference, variant, dtype, pt["length"], "forward")]
+                    for pt in entry["points"]
+                    if (reference, variant, dtype, pt["length"], "forward") in idx
+                ]
+            mem = sorted((r["length"], r["peak_bytes"]) for r in src if r["peak_bytes"])
             f = fit_exponent([m[0] for m in mem], [m[1] for m in mem])
+            tail = fit_exponent([m[0] for m in mem[-2:]], [m[1] for m in mem[-2:]])
+            entry["memory_lengths"] = [m[0] for m in mem]
             entry["memory_exponent"] = None if f is None else f["exponent"]
+            entry["memory_tail_exponent"] = None if tail is None else tail["exponent"]
             entry["spec_memory_exponent"] = _spec_memory_exponent(settings, variant, [m[0] for m in mem])
             entry["memory_within_spec"] = (
                 None
-                if f is None or entry["spec_memory_exponent"] is None
-                else f["exponent"] <= entry["spec_memory_exponent"] + EXPONENT_SLACK
+                if tail is None or entry["spec_memory_exponent"] is None
+                else tail["exponent"] <= entry["spec_memory_exponent"] + EXPONENT_SLACK
             )
             out.append(entry)
     return out

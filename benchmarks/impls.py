@@ -34,6 +34,7 @@ class Point:
     params: dict | None  # NumPy, float64 or float32
     x: np.ndarray
     dy: np.ndarray
+    cache: dict = field(default_factory=dict)  # what several implementations build alike at this point
 
     @property
     def causal(self) -> bool:
@@ -42,7 +43,7 @@ class Point:
 
 @dataclass
 class Prepared:
-    forward: Callable
+    forward: Callable | None
     forward_backward: Callable | None
     sync: Callable = measure.no_sync
     cuda_events: bool = False  # time with CUDA events (torch on a GPU)
@@ -58,6 +59,7 @@ class Impl:
     covers: Callable[[str | None], bool]
     dtypes: tuple[str, ...]
     no_backward: str = ""  # why forward + backward is not measured, when it is not
+    no_forward: str = ""  # why forward alone is not measured, when it is not
     floor: bool = True  # whether the point's Spec describes this work (not for the convolutions)
     meta: dict = field(default_factory=dict)
 

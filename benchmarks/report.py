@@ -111,11 +111,12 @@ def _cpu_row(doc) -> list[str]:
         f"The NumPy reference's forward time over the same math written directly in torch on CPU "
         f"(benchmarks/direct_torch.py), at each length both reached; the issue's bound is "
         f"{analysis.CPU_ROW_LIMIT:g}x. Also the torch adapter (the reference on torch tensors) over the same "
-        "direct torch code, forward and forward + backward. Memory: the fitted exponent of the NumPy "
-        "reference's peak against the spec's (materialized l^2 for softmax variants, streaming l for AFT).",
+        "direct torch code, forward and forward + backward. Memory: the growth of the NumPy reference's "
+        "peak between its two longest measured lengths (the AFT memory probe's where it ran) against "
+        "the spec's (materialized l^2 for softmax variants, streaming l for AFT).",
         "",
         "| variant | dtype | numpy / direct (per l) | max | at longest l | max within 3x "
-        "| torch adapter fwd / fwd+bwd (at top l) | memory exponent (spec) | within spec |",
+        "| torch adapter fwd / fwd+bwd (at top l) | memory ~ l^p (spec) | within spec |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in doc["cpu_row"]:
@@ -128,8 +129,9 @@ def _cpu_row(doc) -> list[str]:
         tor = " / ".join(_ratio(top.get(f"torch_{p}_ratio")) for p in ("forward", "forward_backward"))
         mem = (
             "–"
-            if e["memory_exponent"] is None
-            else f"{e['memory_exponent']:.2f} ({e['spec_memory_exponent']:.2f})"
+            if e["memory_tail_exponent"] is None
+            else f"{e['memory_tail_exponent']:.2f} ({e['spec_memory_exponent']:.2f}), "
+            f"l={e['memory_lengths'][-2]}–{e['memory_lengths'][-1]}"
         )
         out.append(
             f"| {e['variant']} | {e['dtype']} | {per_l} | {e['max_ratio']:.2f} | "
@@ -141,9 +143,9 @@ def _cpu_row(doc) -> list[str]:
     if prof:
         out += [
             "",
-            "Where the time goes in references over the bound (cProfile of one NumPy forward call at the "
-            "length where the ratio is worst; time inside each Python function itself, NumPy's ufuncs "
-            "included):",
+            "Where the time goes in references over the bound (cProfile, CPU time per NumPy forward call "
+            "at the length where the ratio is worst; time inside each Python function itself, NumPy's "
+            "ufuncs included):",
             "",
         ]
         for key, p in prof.items():

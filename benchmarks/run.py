@@ -23,7 +23,7 @@ PROBE_IMPLS = {"cpu": ("numpy", "torch_direct"), "cuda": ("torch-cuda", "torch_d
 def build_impls(st, skipped) -> list:
     out = impls.adapter_impls(st, skipped)
     out.append(impls.direct_impl(st))
-    out += naive.impls(st, skipped)
+    out += naive.impls_for(st, skipped)
     out += [impls.sdpa_impl(st), impls.conv_impl(st, dynamic=True), impls.conv_impl(st, dynamic=False)]
     return out
 
@@ -44,25 +44,34 @@ def claim_settings(st):
 
 
 def where_time_goes(st, variant, dtype, length, top=5) -> dict:
-    """cProfile of one NumPy-reference forward call: the functions with the most time of their own."""
+    """cProfile of NumPy-reference forward calls (process CPU time, as the table; repeated to about
+    0.3 s so that short calls are not all noise): the functions with the most time of their own, per
+    call."""
     from synth_ref import backends
 
     ad = backends.get("numpy")
     pt = sweep.make_point(st, variant, dtype, length)
-    ad.apply(pt.spec, pt.params, pt.x, causal=st.causal, key_padding_mask=None)  # warm
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
+
+    def call():
+        return ad.apply(pt.spec, pt.params, pt.x, causal=st.causal, key_padding_mask=None)
+
+    c0 = time.process_time()
+    call()  # warm, and how long one call takes
+    n = max(1, min(50, int(0.3 / max(time.process_time() - c0, 1e-4))))
+    prof = cProfile.Profile(time.process_time)
+    c0 = time.process_time()
     prof.enable()
-    ad.apply(pt.spec, pt.params, pt.x, causal=st.causal, key_padding_mask=None)
+    for _ in range(n):
+        call()
     prof.disable()
-    total = time.perf_counter() - t0
+    total = (time.process_time() - c0) / n
     stats = pstats.Stats(prof).stats
     entries = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
     fns = [
-        {"function": (f"{Path(f).stem}.{fn}" if f != "~" else fn), "self_s": v[2], "calls": v[1]}
+        {"function": (f"{Path(f).stem}.{fn}" if f != "~" else fn), "self_s": v[2] / n, "calls": v[1] / n}
         for (f, _, fn), v in entries
     ]
-    return {"length": length, "total_s": total, "top": fns}
+    return {"length": length, "calls": n, "total_s": total, "top": fns}
 
 
 def run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
@@ -111,7 +120,7 @@ def run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
             "stops": stops + claim_stops,
             "skipped": skipped,
             "fits": analysis.fits(rows),
-            "cpu_row": analysis.cpu_row(rows, st) if st.device == "cpu" else [],
+            "cpu_row": analysis.cpu_row(rows, st, probe_rows) if st.device == "cpu" else [],
             "claims": {
                 "random_vs_dynamic_conv": analysis.claim_random_vs_conv(claim_rows, cst.claim, random_impls),
                 "aft_memory": analysis.claim_aft_memory(rows, st, probe_rows),

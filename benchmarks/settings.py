@@ -114,14 +114,14 @@ def make(device: str, quick: bool, **override) -> Settings:
             n_heads=2,
             dtypes=("float32",),
             lengths=_powers(256, 1024),
-            budget_s=0.5,
+            budget_s=0.3,
             memory_budget=2 * GiB,
             warmup=1,
             repeats=3,
             claim=ClaimSetting(batch=1, lengths=(256, 512)),
             copy_bytes=1 << 27,
             probe_lengths=_powers(256, 2048),
-            probe_budget_s=4.0,
+            probe_budget_s=2.0,
         )
     elif device == "cpu":
         s = Settings(

@@ -101,6 +101,8 @@ def run(settings, all_impls, calibration, log=print, groups=None) -> tuple[list[
             for i in active:
                 if i.no_backward:
                     series[(i.name, "forward_backward")].stopped = i.no_backward
+                if i.no_forward:
+                    series[(i.name, "forward")].stopped = i.no_forward
             for length in settings.lengths:
                 todo = [i for i in active if any(not series[(i.name, p)].stopped for p in PASSES)]
                 if not todo:
@@ -224,7 +226,8 @@ def _row(
 def memory_probe(settings, probe_impls, lengths, variants, *, budget_s, log=print) -> list[dict]:
     """Forward peak memory only, one call per point, over ``lengths`` (longer than the timed sweep
     reaches): the AFT memory claim needs lengths where the reference's row blocks are full.  A
-    series stops after a call slower than ``budget_s`` or predicted over the memory budget."""
+    series stops before a length whose call is predicted slower than ``budget_s`` or over the memory
+    budget (predicted as in :class:`Series`)."""
     rows = []
     t0 = time.perf_counter()
     dtype = settings.dtypes[0]
@@ -232,7 +235,7 @@ def memory_probe(settings, probe_impls, lengths, variants, *, budget_s, log=prin
         for impl in probe_impls:
             if not impl.covers(variant) or dtype not in impl.dtypes:
                 continue
-            peaks = []
+            peaks, times = [], []
             for length in lengths:
                 point = make_point(settings, variant, dtype, length)
                 try:
@@ -267,7 +270,8 @@ def memory_probe(settings, probe_impls, lengths, variants, *, budget_s, log=prin
                 _free(settings)
                 if peak:
                     peaks.append(peak)
+                times.append(t)
                 nxt = peaks[-1] * _growth(peaks) if peaks else 0
-                if t > budget_s or nxt > settings.memory_budget:
+                if t * _growth(times) > budget_s or nxt > settings.memory_budget:
                     break
     return rows

@@ -210,6 +210,27 @@ def test_tiny_run_measures_every_implementation_and_pass(tiny_run):
     assert any(s["what"] == "adapter jax" and "not selected" in s["why"] for s in doc["skipped"])
 
 
+def test_tiny_run_naive_versions(tiny_run):
+    """The naive versions come from benchmarks/torch_bench.py (issue 4) when it is there: forward +
+    backward only, and each variant's × naive ratio names the fastest of them."""
+    doc, _ = tiny_run
+    naive = [r for r in doc["results"] if r["impl"].startswith("naive: ")]
+    try:
+        import benchmarks.torch_bench  # noqa: F401
+    except ModuleNotFoundError:
+        assert not naive and any(s["what"] == "naive user versions" for s in doc["skipped"])
+        return
+    assert {r["variant"] for r in naive if r["status"] == "ok"} == set(VARIANTS)
+    assert all(r["pass"] == "forward_backward" for r in naive)
+    assert not any(r["impl"].startswith("naive: SDPA") for r in naive)  # not a naive version
+    for r in doc["results"]:
+        if r["status"] == "ok" and r["variant"] and r["pass"] == "forward_backward":
+            mine = [n for n in naive if n["variant"] == r["variant"] and n["length"] == r["length"]]
+            fastest = min(mine, key=lambda n: n["time_s"])
+            assert r["naive_ref"] == fastest["impl"]
+            assert r["vs_naive"] == pytest.approx(r["time_s"] / fastest["time_s"])
+
+
 def test_tiny_run_ratios_floor_and_memory_are_consistent(tiny_run):
     doc, _ = tiny_run
     rows = [r for r in doc["results"] if r["status"] == "ok"]
