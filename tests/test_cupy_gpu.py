@@ -69,24 +69,45 @@ def test_softmax_kernels_match_the_array_api_steps(cp, xp, ops, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("G", [None, 1, 4])
-def test_aft_kernels_match_the_array_api_steps(cp, xp, ops, dtype, G):
+@pytest.mark.parametrize("form", ["none", "dense-G4", "local", "conv-s5"])
+def test_aft_kernels_match_the_array_api_steps(cp, xp, ops, dtype, form):
+    """Dense online-max kernels (none, dense) and the windowed ones (local, conv) on the GPU."""
     from synth_ref.backends.cupy_impl.ops import XpOps
+    from synth_ref.backends.cupy_impl.position import Band, BandGrad, Position, band_to_dense
 
     rng = np.random.default_rng(1)
     B, l, d = 2, 67, 64
     kpm = rng.random((B, l)) > 0.3
     kpm[-1, :5] = False
     for causal in (False, True):
+        if form == "none":
+            pos = None
+        elif form == "dense-G4":
+            dense = cp.asarray(rng.standard_normal((4, l, l)).astype(dtype))
+            pos = Position(4, lambda dense=dense: dense)
+        elif form == "local":  # window 9 on a dense table
+            table = cp.asarray(rng.standard_normal((l, l)).astype(dtype))
+            near = cp.asarray(np.abs(np.arange(l)[:, None] - np.arange(l)[None, :]) < 9)
+            pos = Position(1, lambda t=table, n=near: cp.where(n, t, 0)[None], Band(table, 0, l, 1, 0, 8, 8))
+        else:  # conv, s = 5, two heads
+            s, off = 5, (4 if causal else 2)
+            taps = rng.standard_normal((2, s)).astype(dtype)
+            tt = np.arange(l)
+            tap = tt[None, :] - tt[:, None] + off
+            dense = np.where(((tap >= 0) & (tap < s))[None], taps[:, np.clip(tap, 0, s - 1)], 0).astype(dtype)
+            dense = cp.asarray(dense)
+            pos = Position(2, lambda dd=dense: dd, Band(cp.asarray(taps), s, -1, 1, off, off, s - 1 - off))
         for mask in (None, cp.asarray(kpm)):
             k, v, dr = (cp.asarray(rng.standard_normal((B, l, d)).astype(dtype)) for _ in range(3))
-            wp = None if G is None else cp.asarray(rng.standard_normal((G, l, l)).astype(dtype))
-            r, lse = ops.aft_forward(xp, k, v, wp, causal, mask)
-            r0, lse0 = XpOps().aft_forward(xp, k, v, wp, causal, mask)
+            r, lse = ops.aft_forward(xp, k, v, pos, causal, mask)
+            r0, lse0 = XpOps().aft_forward(xp, k, v, pos, causal, mask)
             assert_close(cp.asnumpy(r), cp.asnumpy(r0), "R", RTOL[dtype], 0)
             assert_close(cp.asnumpy(lse), cp.asnumpy(lse0), "lse", RTOL[dtype], 0)
-            got = ops.aft_backward(xp, k, v, wp, causal, mask, r0, lse0, dr, wp is not None)
-            want = XpOps().aft_backward(xp, k, v, wp, causal, mask, r0, lse0, dr, wp is not None)
+            got = list(ops.aft_backward(xp, k, v, pos, causal, mask, r0, lse0, dr))
+            want = list(XpOps().aft_backward(xp, k, v, pos, causal, mask, r0, lse0, dr))
+            if isinstance(got[2], BandGrad):  # compare on the band, where the windowed kernel works
+                on = band_to_dense(xp, BandGrad(cp.ones_like(got[2].values), got[2].a), l) != 0
+                got[2], want[2] = band_to_dense(xp, got[2], l), cp.where(on, want[2], 0)
             for name, a, b in zip(("dK", "dV", "dw'"), got, want, strict=True):
                 if b is not None:
                     assert_close(_np(cp, a), _np(cp, b), name, 10 * RTOL[dtype], 0)

@@ -22,6 +22,7 @@ from cupy_cases import CASES, CAUSAL_ONLY, GRID, RTOL64, assert_close, check, id
 
 from synth_ref.backends import cupy_kernels as ck
 from synth_ref.backends.cupy_impl.ops import XpOps
+from synth_ref.backends.cupy_impl.position import Band, BandGrad, Position, band_to_dense
 
 CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(
@@ -48,17 +49,22 @@ def _harness() -> str:
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
+    """Both dtypes' libraries, compiled side by side (-O0: the test sizes are tiny, the build is not)."""
     out = tmp_path_factory.mktemp("cuda_emu")
     src = out / "harness.cpp"
     src.write_text(_harness())
-    built = {}
+    procs = {}
     for dtype, ctype in (("float32", "float"), ("float64", "double")):
         so = out / f"emu_{ctype}.so"
-        cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-Dscalar_t={ctype}",
+        cmd = [CXX, "-std=c++20", "-O0", "-shared", "-fPIC", "-pthread", f"-Dscalar_t={ctype}",
                f"-DSR_SOFTMAX_THREADS={EMU_THREADS}", f"-I{EMU_DIR}", f"-I{ck.CUDA_DIR}", "-Wall", "-Werror",
                "-Wno-unknown-pragmas", str(src), "-o", str(so)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[dtype] = (so, cmd, proc)
+    built = {}
+    for dtype, (so, cmd, proc) in procs.items():
+        _, err = proc.communicate()
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{err}"
         built[dtype] = ctypes.CDLL(str(so))
     return built
 
@@ -154,50 +160,103 @@ def test_softmax_backward_kernel(emu, dtype):
         assert_close(got, XpOps().softmax_backward(np, p, dp, rowdot), "dS", RTOL[dtype], 0)
 
 
-def _aft_inputs(rng, B, l, d, G, spread, dtype):
+def _aft_inputs(rng, B, l, d, spread, dtype):
     k = rng.standard_normal((B, l, d)) * spread
     v = rng.standard_normal((B, l, d))
-    wp = None if G is None else rng.standard_normal((G, l, l))
     dr = rng.standard_normal((B, l, d))
-    return tuple(None if a is None else a.astype(dtype) for a in (k, v, wp, dr))
+    return tuple(a.astype(dtype) for a in (k, v, dr))
+
+
+def _positions(rng, l, dtype):
+    """w' in every form the AFT steps take: none, dense (G = 1, 2), and the bands of AFT-local
+    (reading a dense table, window capped at l) and 1-D AFT-conv (reading taps, odd/even, causal)."""
+    dense1 = rng.standard_normal((1, l, l)).astype(dtype)
+    dense2 = rng.standard_normal((2, l, l)).astype(dtype)
+    table = rng.standard_normal((l, l)).astype(dtype)
+    taps = rng.standard_normal((2, 4)).astype(dtype)
+    out = {"none": lambda causal: None,
+           "dense-G1": lambda causal: Position(1, lambda: dense1),
+           "dense-G2": lambda causal: Position(2, lambda: dense2)}
+    for window in (2, l + 3):
+        reach = min(window, l) - 1
+        near = np.abs(np.arange(l)[:, None] - np.arange(l)[None, :]) < window
+        out[f"local-w{window}"] = (lambda causal, near=near, reach=reach: Position(
+            1, lambda: np.where(near, table, 0)[None], Band(table, 0, l, 1, 0, reach, reach)))
+
+    def conv(causal, s):
+        off = s - 1 if causal else (s - 1) // 2
+        t = np.arange(l)
+        tap = t[None, :] - t[:, None] + off
+        inside = (tap >= 0) & (tap < s)
+        what = np.ascontiguousarray(taps[:, :s])
+        dense = np.where(inside[None], what[:, np.clip(tap, 0, s - 1)], 0).astype(dtype)
+        return Position(2, lambda: dense, Band(what, s, -1, 1, off, off, s - 1 - off))
+
+    out["conv-s3"] = lambda causal: conv(causal, 3)
+    out["conv-s4"] = lambda causal: conv(True, 4) if causal else None  # even: causal only
+    return out
+
+
+def _on_band(band_grad, dense, l):
+    """The windowed kernels give dw' on the band only (the entries off it are 0 in w' and their
+    gradient is never used); compare the dense gradient there."""
+    on = band_to_dense(np, BandGrad(np.ones_like(band_grad.values), band_grad.a), l) != 0
+    return band_to_dense(np, band_grad, l).astype(np.float64), np.where(on, dense, 0)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("G", [None, 1, 2])
-def test_aft_kernels(emu, dtype, G):
+@pytest.mark.parametrize("form", ["none", "dense-G1", "dense-G2", "local-w2", "local-w10", "conv-s3",
+                                  "conv-s4"])
+def test_aft_kernels(emu, dtype, form):
     rng = np.random.default_rng(2)
     B, l, d = 3, 7, 4
+    make = _positions(rng, l, dtype)[form]
+    before = len(emu.launched)
     for causal in (False, True):
+        pos = make(causal)
+        if form == "conv-s4" and pos is None:
+            continue
         for kpm in (None, _kpm(B, l, rng)):
-            k, v, wp, dr = _aft_inputs(rng, B, l, d, G, 1.0, dtype)
-            r, lse = emu.aft_forward(np, k, v, wp, causal, kpm)
-            r0, lse0 = XpOps().aft_forward(np, k, v, wp, causal, kpm)
+            k, v, dr = _aft_inputs(rng, B, l, d, 1.0, dtype)
+            r, lse = emu.aft_forward(np, k, v, pos, causal, kpm)
+            r0, lse0 = XpOps().aft_forward(np, k, v, pos, causal, kpm)
             assert_close(r, r0, "R", RTOL[dtype], 0)
             assert_close(lse, lse0, "lse", RTOL[dtype], 0)
-            got = emu.aft_backward(np, k, v, wp, causal, kpm, r0, lse0, dr, wp is not None)
-            want = XpOps().aft_backward(np, k, v, wp, causal, kpm, r0, lse0, dr, wp is not None)
+            got = list(emu.aft_backward(np, k, v, pos, causal, kpm, r0, lse0, dr))
+            want = list(XpOps().aft_backward(np, k, v, pos, causal, kpm, r0, lse0, dr))
+            if isinstance(got[2], BandGrad):
+                got[2], want[2] = _on_band(got[2], want[2], l)
             for name, a, b in zip(("dK", "dV", "dw'"), got, want, strict=True):
                 if b is None:
                     assert a is None
                 else:
                     assert_close(a, b, name, 10 * RTOL[dtype], 0)
+    ran = set(emu.launched[before:])
+    assert ("aftw_fwd" in ran) == form.startswith(("local", "conv")), ran  # a band takes the window path
+    assert ("aft_fwd" in ran) == (not form.startswith(("local", "conv"))), ran
 
 
+@pytest.mark.parametrize("form", ["dense-G1", "local-w2", "conv-s3"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_aft_kernels_float32_keys_spread_80(emu, causal):
-    """The online maximum is exact per (row, channel): float32 stays finite and matches float64."""
+def test_aft_kernels_float32_keys_spread_80(emu, causal, form):
+    """The stabiliser is exact per (row, channel) in both kernel families (online max; merged
+    scans): float32 stays finite and matches float64."""
     rng = np.random.default_rng(3)
     B, l, d = 2, 9, 4
-    k, v, wp, dr = _aft_inputs(rng, B, l, d, 1, 1.0, "float64")
+    k, v, dr = _aft_inputs(rng, B, l, d, 1.0, "float64")
     k[0] += np.linspace(80, -80, l)[:, None]  # largest key first
     k[1] += np.linspace(-80, 80, l)[:, None]  # largest key last: in every row's future when causal
-    r64, lse64 = XpOps().aft_forward(np, k, v, wp, causal, None)
-    f32 = [a.astype(np.float32) for a in (k, v, wp, dr)]
-    r, lse = emu.aft_forward(np, f32[0], f32[1], f32[2], causal, None)
+    pos64 = _positions(np.random.default_rng(5), l, "float64")[form](causal)
+    pos32 = _positions(np.random.default_rng(5), l, "float32")[form](causal)
+    r64, lse64 = XpOps().aft_forward(np, k, v, pos64, causal, None)
+    f32 = [a.astype(np.float32) for a in (k, v, dr)]
+    r, lse = emu.aft_forward(np, f32[0], f32[1], pos32, causal, None)
     assert np.all(np.isfinite(r)) and np.all(np.isfinite(lse))
     assert_close(r.astype(np.float64), r64, "R float32", 1e-4, 0)
-    grads = emu.aft_backward(np, *f32[:3], causal, None, r, lse, f32[3], True)
-    want = XpOps().aft_backward(np, k, v, wp, causal, None, r64, lse64, dr, True)
+    grads = list(emu.aft_backward(np, f32[0], f32[1], pos32, causal, None, r, lse, f32[2]))
+    want = list(XpOps().aft_backward(np, k, v, pos64, causal, None, r64, lse64, dr))
+    if isinstance(grads[2], BandGrad):
+        grads[2], want[2] = _on_band(grads[2], want[2], l)
     # Judged against the largest gradient entry: with keys 80 apart the weights saturate and dK
     # is a difference V - R of nearly equal numbers, tiny and beyond float32's relative reach.
     scale = max(float(np.max(np.abs(b))) for b in want)
@@ -227,14 +286,20 @@ def test_vjp_through_emulated_kernels_matches_torch_autograd(emu, variant, kw, c
     before = len(emu.launched)
     check(variant, kw, causal, mask_kind, ops=emu, rtol=RTOL64)
     launched = set(emu.launched[before:])
-    fused = {"masked_softmax_fwd", "softmax_bwd"} if variant in ck_softmax() else {"aft_fwd", "aft_bwd_kv"}
+    if variant in ck_softmax():
+        fused = {"masked_softmax_fwd", "softmax_bwd"}
+    elif variant in ("aft_local", "aft_conv"):  # 1-D: the windowed identity
+        fused = {"aftw_scan_fwd", "aftw_fwd", "aftw_scan_bwd", "aftw_bwd_kv", "aftw_bwd_w"}
+    else:
+        fused = {"aft_fwd", "aft_bwd_kv"} | ({"aft_bwd_w"} if variant == "aft_full" else set())
     assert fused <= launched, f"expected the fused kernels {fused} to run; ran {launched}"
 
 
 @pytest.mark.parametrize(("variant", "kw"), GRID, ids=ids(GRID))
 def test_vjp_2d_grid_through_emulated_kernels(emu, variant, kw):
+    before = len(emu.launched)
     check(variant, kw, False, None, shape=(2, 2, 3, 4), ops=emu)
-    assert "aft_bwd_w" in emu.launched
+    assert "aft_bwd_w" in emu.launched[before:]  # 2-D: the dense w' kernels
 
 
 def ck_softmax():

@@ -191,3 +191,31 @@ def test_bad_input_is_rejected_like_the_reference():
     spec = sr.Spec("random", d_model=D, max_len=L)
     with pytest.raises(ValueError, match="x: expected last axis d_model=4"):
         cupy_impl.vjp(spec, spec.init(), np.ones((1, 3, 5)), np.ones((1, 3, 5)))
+
+
+BANDED = [("aft_local", dict(window=2), False), ("aft_local", dict(window=2), True),
+          ("aft_local", dict(window=9, pos_rank=2), False)]
+BANDED += [("aft_conv", dict(n_heads=2, kernel_size=s), c)
+           for s, c in ((3, False), (3, True), (4, True), (1, False))]
+
+
+@pytest.mark.parametrize(("variant", "kw", "causal"), BANDED)
+def test_band_description_reads_the_same_w_prime(variant, kw, causal):
+    """The windowed kernels read w' through ``Band`` (a table and an affine index) instead of the
+    dense (G, l, l) array: on the band they must read exactly w', and w' must be 0 off it."""
+    from synth_ref.backends.cupy_impl import aft_vjp
+
+    spec = sr.Spec(variant, d_model=D, max_len=L, **kw)
+    params = random_params(spec, 14)
+    pos, _ = aft_vjp.position_forward(spec, params, np, LEN, causal, None, "cpu")
+    dense, band = pos.dense(), pos.band
+    assert band is not None and dense.shape == (pos.groups, LEN, LEN)
+    table = np.ravel(np.asarray(band.table))
+    for g in range(pos.groups):
+        for t in range(LEN):
+            for u in range(LEN):
+                on = t - band.a <= u <= t + band.r and (u <= t or not causal)
+                if on:
+                    assert table[g * band.sg + t * band.st + u * band.sk + band.base] == dense[g, t, u]
+                elif not causal or u <= t:  # off the band w' is 0 (future keys are masked anyway)
+                    assert dense[g, t, u] == 0

@@ -9,6 +9,9 @@ once per dtype; CI compiles every one of them with nvcc for sm_90).  What they f
 - ``aft_fwd``, ``aft_bwd_kv``, ``aft_bwd_w``: the AFT sums with the exact per-(row, channel)
   stabiliser, streamed over keys with an online maximum: linear memory, where the Array-API
   steps need a (B, rows, l, d) block per row group.
+- ``aftw_*``: AFT-local and 1-D AFT-conv through the windowed identity (prefix and suffix scans
+  for the keys outside the band, the band summed directly): O(l * window) instead of O(l^2) work,
+  with the same exact stabiliser; w' is read from its small table, never built as (G, l, l).
 
 The products (P V, dO V^T, projections) stay with cuBLAS through ``xp.matmul``.
 
@@ -26,6 +29,7 @@ import numpy as np
 from array_api_compat import device as _device
 
 from .cupy_impl.ops import XpOps
+from .cupy_impl.position import BandGrad
 
 #: Where the CUDA sources are.
 CUDA_DIR = Path(__file__).with_name("cuda")
@@ -35,6 +39,7 @@ CUDA_DIR = Path(__file__).with_name("cuda")
 SOURCES = {
     "softmax.cu": ("masked_softmax_fwd", "softmax_bwd"),
     "aft.cu": ("aft_fwd", "aft_bwd_kv", "aft_bwd_w"),
+    "aft_window.cu": ("aftw_scan_fwd", "aftw_fwd", "aftw_scan_bwd", "aftw_bwd_kv", "aftw_bwd_w"),
 }
 
 #: Each kernel's parameters, in order: "ptr" (an array), "i32" (int), "i64" (long long).
@@ -44,6 +49,11 @@ SIGNATURES = {
     "aft_fwd": ("ptr",) * 6 + ("i32",) * 8,
     "aft_bwd_kv": ("ptr",) * 9 + ("i32",) * 8,
     "aft_bwd_w": ("ptr",) * 8 + ("i32",) * 6,
+    "aftw_scan_fwd": ("ptr",) * 5 + ("i32",) * 5,
+    "aftw_fwd": ("ptr",) * 8 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
+    "aftw_scan_bwd": ("ptr",) * 5 + ("i32",) * 4,
+    "aftw_bwd_kv": ("ptr",) * 11 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
+    "aftw_bwd_w": ("ptr",) * 8 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
 }
 
 #: Kernels that synchronise threads within a block (the others are independent per thread).
@@ -117,48 +127,93 @@ class KernelOps(XpOps):
         return ds
 
     # --- AFT family -------------------------------------------------------------------------------
-    def _aft_common(self, xp, k, wp, kpm, causal):
+    def _aft_common(self, xp, k, pos, kpm, causal):
+        """Shapes, the dense w' (a dummy without one) and the mask for the aft_* kernels."""
         B, l, d = k.shape
-        G = 1 if wp is None else wp.shape[0]
-        lq = 1 if (wp is None and not causal) else l  # rows all alike: compute one
-        w = self._dummy(xp, k) if wp is None else self._contig(wp)
+        G = 1 if pos is None else pos.groups
+        lq = 1 if (pos is None and not causal) else l  # rows all alike: compute one
+        w = self._dummy(xp, k) if pos is None else self._contig(pos.dense())
         mask = self._dummy(xp, k, xp.bool) if kpm is None else self._contig(kpm)
         return B, l, d, G, lq, w, mask
 
-    def aft_forward(self, xp, k, v, wp, causal, kpm):
+    def aft_forward(self, xp, k, v, pos, causal, kpm):
         dt = self._name(k)
         if dt not in _DTYPES:
-            return super().aft_forward(xp, k, v, wp, causal, kpm)
-        B, l, d, G, lq, w, mask = self._aft_common(xp, k, wp, kpm, causal)
+            return super().aft_forward(xp, k, v, pos, causal, kpm)
+        if pos is not None and pos.band is not None:
+            return self._window_forward(xp, dt, k, v, pos, causal, kpm)
+        B, l, d, G, lq, w, mask = self._aft_common(xp, k, pos, kpm, causal)
         k, v = self._contig(k), self._contig(v)
         r, lse = self._empty(xp, (B, lq, d), k), self._empty(xp, (B, lq, d), k)
-        args = (k, v, w, mask, r, lse, B, lq, l, d, G, int(causal), int(wp is not None), int(kpm is not None))
+        flags = (int(causal), int(pos is not None), int(kpm is not None))
+        args = (k, v, w, mask, r, lse, B, lq, l, d, G) + flags
         self._launch("aft_fwd", dt, _blocks(B * lq * d, _AFT_THREADS), _AFT_THREADS, args)
         if lq != l:
             r, lse = xp.broadcast_to(r, (B, l, d)), xp.broadcast_to(lse, (B, l, d))
         return r, lse
 
-    def aft_backward(self, xp, k, v, wp, causal, kpm, r, lse, dr, need_dw):
+    def aft_backward(self, xp, k, v, pos, causal, kpm, r, lse, dr):
         dt = self._name(k)
         if dt not in _DTYPES:
-            return super().aft_backward(xp, k, v, wp, causal, kpm, r, lse, dr, need_dw)
-        B, l, d, G, lq, w, mask = self._aft_common(xp, k, wp, kpm, causal)
+            return super().aft_backward(xp, k, v, pos, causal, kpm, r, lse, dr)
+        if pos is not None and pos.band is not None:
+            return self._window_backward(xp, dt, k, v, pos, causal, kpm, r, lse, dr)
+        B, l, d, G, lq, w, mask = self._aft_common(xp, k, pos, kpm, causal)
         if lq != l:  # one representative row; dR summed over the rows it stands for
             r, lse, dr = r[:, :1, :], lse[:, :1, :], xp.sum(dr, axis=1, keepdims=True)
         k, v = self._contig(k), self._contig(v)
         r, lse, dr = self._contig(r), self._contig(lse), self._contig(dr)
         dk, dv = self._empty(xp, (B, l, d), k), self._empty(xp, (B, l, d), k)
-        args = (k, v, w, mask, r, lse, dr, dk, dv, B, lq, l, d, G, int(causal), int(wp is not None),
+        args = (k, v, w, mask, r, lse, dr, dk, dv, B, lq, l, d, G, int(causal), int(pos is not None),
                 int(kpm is not None))
         self._launch("aft_bwd_kv", dt, _blocks(B * l * d, _AFT_THREADS), _AFT_THREADS, args)
         dwp = None
-        if need_dw:  # only with a bias, hence lq == l
+        if pos is not None:  # only with a bias, hence lq == l
             kt = self._contig(xp.permute_dims(k, (0, 2, 1)))
             vt = self._contig(xp.permute_dims(v, (0, 2, 1)))
             dwp = self._empty(xp, (G, l, l), k)
             args = (kt, vt, w, mask, r, lse, dr, dwp, B, l, d, G, int(causal), int(kpm is not None))
             self._launch("aft_bwd_w", dt, _blocks(G * l * l, _AFT_THREADS), _AFT_THREADS, args)
         return dk, dv, dwp
+
+    # --- AFT-local and 1-D AFT-conv: the windowed identity ---------------------------------------
+    def _window_args(self, pos):
+        b = pos.band
+        return (self._contig(b.table),), (b.sg, b.st, b.sk, b.base, b.a, b.r)
+
+    def _window_forward(self, xp, dt, k, v, pos, causal, kpm):
+        B, l, d = k.shape
+        k, v = self._contig(k), self._contig(v)
+        mask = self._dummy(xp, k, xp.bool) if kpm is None else self._contig(kpm)
+        (table,), band = self._window_args(pos)
+        pre = self._empty(xp, (3, B, l + 1, d), k)
+        suf = self._dummy(xp, k) if causal else self._empty(xp, (3, B, l + 1, d), k)
+        flags = (int(causal), int(kpm is not None))
+        self._launch("aftw_scan_fwd", dt, _blocks(B * d, _AFT_THREADS), _AFT_THREADS,
+                     (k, v, mask, pre, suf, B, l, d) + flags)
+        r, lse = self._empty(xp, (B, l, d), k), self._empty(xp, (B, l, d), k)
+        self._launch("aftw_fwd", dt, _blocks(B * l * d, _AFT_THREADS), _AFT_THREADS,
+                     (k, v, table, mask, pre, suf, r, lse, B, l, d, pos.groups) + flags + band)
+        return r, lse
+
+    def _window_backward(self, xp, dt, k, v, pos, causal, kpm, r, lse, dr):
+        B, l, d = k.shape
+        k, v, r, lse, dr = (self._contig(a) for a in (k, v, r, lse, dr))
+        mask = self._dummy(xp, k, xp.bool) if kpm is None else self._contig(kpm)
+        (table,), band = self._window_args(pos)
+        bsuf = self._empty(xp, (3, B, l + 1, d), k)
+        bpre = self._dummy(xp, k) if causal else self._empty(xp, (3, B, l + 1, d), k)
+        self._launch("aftw_scan_bwd", dt, _blocks(B * d, _AFT_THREADS), _AFT_THREADS,
+                     (r, lse, dr, bpre, bsuf, B, l, d, int(causal)))
+        flags = (int(causal), int(kpm is not None))
+        dk, dv = self._empty(xp, (B, l, d), k), self._empty(xp, (B, l, d), k)
+        self._launch("aftw_bwd_kv", dt, _blocks(B * l * d, _AFT_THREADS), _AFT_THREADS,
+                     (k, v, table, mask, r, lse, dr, bpre, bsuf, dk, dv, B, l, d, pos.groups) + flags + band)
+        width = pos.band.a + pos.band.r + 1
+        dband = self._empty(xp, (pos.groups, l, width), k)
+        self._launch("aftw_bwd_w", dt, _blocks(pos.groups * l * width, _AFT_THREADS), _AFT_THREADS,
+                     (k, v, table, mask, r, lse, dr, dband, B, l, d, pos.groups) + flags + band)
+        return dk, dv, BandGrad(dband, pos.band.a)
 
 
 @functools.cache

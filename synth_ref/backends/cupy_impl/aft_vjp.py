@@ -12,6 +12,7 @@ from __future__ import annotations
 from synth_ref import _common as c
 
 from ._prep import linear, linear_backward, pad_to
+from .position import Band, BandGrad, Position, band_to_dense
 
 _EPS = 1e-5  # the variance epsilon of AFT-conv's kernel normalisation (the spec's value)
 
@@ -82,7 +83,7 @@ def _conv_taps_of_pairs(spec, xp, l, causal, grid, dev):
 
 
 def position_forward(spec, p, xp, l, causal, grid, dev):
-    """w' (G, l, l) or None (aft_simple), and residuals for ``position_backward``."""
+    """w' as a ``Position`` (or None for aft_simple), and residuals for ``position_backward``."""
     var = spec.variant
     if var == "aft_simple":
         return None, {}
@@ -94,28 +95,41 @@ def position_forward(spec, p, xp, l, causal, grid, dev):
             u, vv = p["pos_u"][:l, :], p["pos_v"][:l, :]
             w = xp.matmul(u, xp.permute_dims(vv, (1, 0)))
             res.update(u=u, v=vv)
-        if var == "aft_local":  # zero outside the window, not -inf
-            i = xp.arange(l, device=dev)
-            near = xp.abs(i[:, None] - i[None, :]) < spec.window
-            w = xp.where(near, w, c.const(xp, 0.0, w))
-            res["near"] = near
-        return w[None, :, :], res
+        if var == "aft_full":
+            return Position(1, lambda: w[None, :, :]), res
+        i = xp.arange(l, device=dev)  # aft_local: zero outside the window, not -inf
+        near = xp.abs(i[:, None] - i[None, :]) < spec.window
+        res["near"] = near
+        reach = min(spec.window, l) - 1
+        band = Band(w, sg=0, st=l, sk=1, base=0, a=reach, r=reach)
+        return Position(1, lambda: xp.where(near, w, c.const(xp, 0.0, w))[None, :, :], band), res
     # aft_conv: w'[g, t, t'] = w_hat[g, tap(t, t')] inside the kernel's reach, 0 outside
     what, res = _conv_taps(spec, p, xp)
-    tap, inside = _conv_taps_of_pairs(spec, xp, l, causal, grid, dev)
-    h = what.shape[0]
-    wp = xp.reshape(xp.take(what, xp.reshape(tap, (l * l,)), axis=1), (h, l, l))
-    wp = xp.where(inside[None, ...], wp, c.const(xp, 0.0, wp))
+    h, s = what.shape[0], spec.kernel_size
     res["flat"], res["valid"] = _conv_band(spec, xp, l, causal, grid, dev)
-    return wp, res
+
+    def build():
+        tap, inside = _conv_taps_of_pairs(spec, xp, l, causal, grid, dev)
+        wp = xp.reshape(xp.take(what, xp.reshape(tap, (l * l,)), axis=1), (h, l, l))
+        return xp.where(inside[None, ...], wp, c.const(xp, 0.0, wp))
+
+    band = None
+    if grid is None:  # tap j = t' - t + off, so t' runs over t - off ... t - off + s - 1
+        off = s - 1 if causal else (s - 1) // 2
+        band = Band(what, sg=s, st=-1, sk=1, base=off, a=off, r=s - 1 - off)
+    return Position(h, build, band), res
 
 
 def position_backward(spec, p, xp, res, dwp, l):
-    """dw' (G, l, l) -> {param name: gradient}."""
+    """dw' (G, l, l), or a ``BandGrad``, -> {param name: gradient}."""
     var = spec.variant
     if var == "aft_simple":
         return {}
     L = spec.max_len
+    if isinstance(dwp, BandGrad):
+        if var == "aft_conv":  # slot i of the band is tap i (a = the kernel's offset)
+            return _conv_taps_backward(spec, p, xp, res, xp.sum(dwp.values, axis=1))
+        dwp = band_to_dense(xp, dwp, l)
     if var in ("aft_full", "aft_local"):
         dw = dwp[0, ...]
         if var == "aft_local":
@@ -154,12 +168,12 @@ def forward(spec, p, x, xp, causal, kpm, ops):
     q = linear(xp, x, p["w_q"], p["b_q"])
     k = linear(xp, x, p["w_k"], p["b_k"])
     v = linear(xp, x, p["w_v"], p["b_v"])
-    wp, bres = position_forward(spec, p, xp, l, causal, grid, c._dev(x))
-    r, lse = ops.aft_forward(xp, k, v, wp, causal, kpm)
+    pos, bres = position_forward(spec, p, xp, l, causal, grid, c._dev(x))
+    r, lse = ops.aft_forward(xp, k, v, pos, causal, kpm)
     sg = c.sigmoid(xp, q)
     gated = sg * r
     y = linear(xp, gated, p["w_o"], p["b_o"])
-    res = {"grid": grid, "x": x, "q": q, "k": k, "v": v, "wp": wp, "bres": bres, "r": r, "lse": lse,
+    res = {"grid": grid, "x": x, "q": q, "k": k, "v": v, "pos": pos, "bres": bres, "r": r, "lse": lse,
            "sg": sg, "gated": gated}
     if grid is not None:
         y = xp.reshape(y, (y.shape[0],) + grid + (y.shape[2],))
@@ -173,15 +187,14 @@ def backward(spec, p, x, xp, res, dy, causal, kpm, ops):
     dgated, dwo, dbo = linear_backward(xp, res["gated"], p["w_o"], dy)
     dr = dgated * res["sg"]
     dq = dgated * res["r"] * _sigmoid_grad(xp, res["q"])
-    wp = res["wp"]
-    dk, dv, dwp = ops.aft_backward(xp, res["k"], res["v"], wp, causal, kpm, res["r"], res["lse"], dr,
-                                   wp is not None)
+    pos = res["pos"]
+    dk, dv, dwp = ops.aft_backward(xp, res["k"], res["v"], pos, causal, kpm, res["r"], res["lse"], dr)
     dxq, dwq, dbq = linear_backward(xp, xf, p["w_q"], dq)
     dxk, dwk, dbk = linear_backward(xp, xf, p["w_k"], dk)
     dxv, dwv, dbv = linear_backward(xp, xf, p["w_v"], dv)
     dx = dxq + dxk + dxv
     grads = {"w_q": dwq, "b_q": dbq, "w_k": dwk, "b_k": dbk, "w_v": dwv, "b_v": dbv,
              "w_o": dwo, "b_o": dbo}
-    if wp is not None:
+    if pos is not None:
         grads.update(position_backward(spec, p, xp, res["bres"], dwp, l))
     return (dx if grid is None else xp.reshape(dx, x.shape)), grads

@@ -6,8 +6,9 @@ around these steps (projections, chain rules, parameter gradients) is shared cod
 ``softmax_vjp`` and ``aft_vjp``; only these four methods differ between implementations.
 
 Shapes: softmax logits ``s`` (B or 1, h, l, l); AFT keys/values ``k``, ``v`` (B, l, d) with d split
-into G groups of channels (G = 1, or n_heads for aft_conv); ``wp`` the position bias w' (G, l, l) or
-None (aft_simple); ``kpm`` the key padding mask (B, l) boolean or None.
+into G groups of channels (G = 1, or n_heads for aft_conv); ``pos`` the position bias w' as a
+``position.Position`` (dense (G, l, l) on demand, and a band where w' has one) or None
+(aft_simple); ``kpm`` the key padding mask (B, l) boolean or None.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ class XpOps:
         return p * (dp - rowdot)
 
     # --- AFT family -------------------------------------------------------------------------------
-    def aft_forward(self, xp, k, v, wp, causal, kpm):
+    def aft_forward(self, xp, k, v, pos, causal, kpm):
         """R[t, c] = sum_t' e^(z - lse) V[t', c] with z = K[t', c] + w'[t, t'] over allowed t', and
         lse[t, c] = log sum_t' e^z (0 where nothing is allowed).  Returns (R, lse), both (B, l, d).
 
         The stabiliser is the exact per-(t, c) max of z over allowed t', as in the reference, so
         any finite input stays finite in float32 (causal included)."""
         B, l, d = k.shape
+        wp = None if pos is None else pos.dense()
         out_r, out_lse = [], []
         for z, ok, vg, rows, _ in _blocks(xp, k, v, wp, causal, kpm):
             m = c.masked_max(xp, z, ok, axis=2)
@@ -74,11 +76,13 @@ class XpOps:
             r, lse = xp.broadcast_to(r, (B, l, d)), xp.broadcast_to(lse, (B, l, d))
         return r, lse
 
-    def aft_backward(self, xp, k, v, wp, causal, kpm, r, lse, dr, need_dw):
+    def aft_backward(self, xp, k, v, pos, causal, kpm, r, lse, dr):
         """Given dR, return (dK, dV, dw') with P = e^(z - lse) on allowed pairs:
         dV[t'] = sum_t P dR[t];  dz = P (V[t'] - R[t]) dR[t];  dK[t'] = sum_t dz;
-        dw'[g, t, t'] = sum over batch and group g's channels of dz (None unless need_dw)."""
+        dw'[g, t, t'] = sum over batch and group g's channels of dz ((G, l, l); None without w')."""
         B, l, d = k.shape
+        wp = None if pos is None else pos.dense()
+        need_dw = wp is not None
         dk = dv = None
         dw_blocks = []
         independent = wp is None and not causal
