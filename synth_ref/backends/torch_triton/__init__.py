@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 import synth_ref as sr
+from synth_ref._inputs import check_causal, check_x, convert_mask, convert_params, namespace
 
 KERNEL_MODES = ("auto", "never", "always")
 
@@ -75,8 +76,16 @@ def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_ma
                   kernels: str = "auto"):
     """(y, path): the layer's output and which implementation computed it.
 
-    ``params`` are x's tensors under their canonical names (a layer's live parameters); checks on
-    x, causal and the mask are the caller's (the reference repeats them on the eager path)."""
+    Arguments as for :func:`synth_ref.apply` (``params`` x's tensors or NumPy arrays under their
+    canonical names); the reference's own checks run on either path, with its error messages."""
+    if not isinstance(spec, sr.Spec):
+        raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor; got {type(x).__name__}")
+    xp = namespace(x)
+    batch, length = check_x(spec, x, xp)
     name, why = choose(spec, x, kernels)
     if name is None:
         if kernels == "always":
@@ -85,5 +94,7 @@ def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_ma
         return y, f"eager: {why}"
     from . import _plan
 
-    y = _plan.forward(name, spec, params, x, causal, key_padding_mask)
-    return y, f"triton:{name}"
+    causal = check_causal(spec, causal)
+    params = convert_params(spec, params, x, xp)
+    mask = convert_mask(spec, key_padding_mask, x, xp, batch, length)
+    return _plan.forward(name, spec, params, x, causal, mask), f"triton:{name}"

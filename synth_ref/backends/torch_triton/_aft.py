@@ -6,17 +6,19 @@ aft_simple has none) or G = n_heads (aft_conv: channels of head g use w'[g]), so
 grouped by head and group g's columns are n in [0, B * d/G): b = n // (d/G), c = g * d/G + n % (d/G).
 
 Stabilizer.  Inside one (row block, key block) tile, exp(K + w) = exp(w - mw[t]) exp(K - mk[c])
-exp(mw[t] + mk[c]) with mw the row maxima of w over the tile's keys and mk the column maxima of K over
-its allowed keys (key padding excluded), so the tile's sums are two GEMMs, exp(w - mw) @ (exp(K - mk) V)
-and exp(w - mw) @ exp(K - mk), carried at the bound mw[t] + mk[c] and merged across key blocks with a
-running maximum per (t, c) -- flash attention's online rescaling.  Both factors are <= 1, so nothing
-overflows; a term underflows only when it is ~87 (float32) below the bound, which is harmless while
-the bound is near the true maximum of K + w over the tile's allowed pairs.
+exp(mw[t] + mk[c]), with mw the row maxima of w over the tile's allowed keys and mk the column maxima
+of K over them (padded keys excluded from both: under a key-padding mask each program holds one batch
+element, so the mask is one key vector per tile).  The tile's sums are then two GEMMs,
+exp(w - mw) @ (exp(K - mk) V) and exp(w - mw) @ exp(K - mk), carried at the bound mw[t] + mk[c] and
+merged across key blocks with a running maximum per (t, c) -- flash attention's online rescaling.
+Both factors are <= 1, so nothing overflows; a term underflows only when it is ~87 (float32) below
+the bound, which is harmless while the bound is near the true maximum of K + w over the tile.
 Under a causal mask the tile on the diagonal is the one place where that fails: its key maximum may
 come from a key after the row (K spread over +-80 makes the visible terms underflow to 0/0), so the
 diagonal tile is computed exactly, elementwise in a (rows, keys, columns) block, with the true per-(t, c)
-maximum over visible keys.  Remaining limit (documented, tested at its edge): w and K anti-correlated
-by more than ~80 inside one off-diagonal tile.
+maximum over visible keys.  Remaining limit (not handled): w and K anti-correlated by more than ~80
+inside one off-diagonal tile (a key with the tile's largest K and a w' ~80 below the row's largest)
+loses the tile's terms to underflow.
 
 Kernels: ``_fwd`` (O and the per-(t, c) log-sum-exp), ``_bwd_dkv`` (per key block: dV = sum_t P dO and
 dK = V dV - sum_t P (dO O)), ``_bwd_dw`` (per (row, key) tile: dw' = sum over the group's columns of
@@ -35,9 +37,12 @@ NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
 
 
 @triton.jit
-def _cols(pid_n, g, eg, N, BN: tl.constexpr):
+def _cols(pid_n, bidx, g, eg, N, BN: tl.constexpr):
+    """Column block pid_n of group g: (batch element, channel, in range).  Under a key-padding
+    mask each program holds one batch element bidx (N = d/G columns), so that the mask is one key
+    vector for the whole tile and the row maxima of w' can skip padded keys; else N = B * d/G."""
     cols = pid_n * BN + tl.arange(0, BN)
-    return cols // eg, g * eg + cols % eg, cols < N
+    return bidx + cols // eg, g * eg + cols % eg, cols < N
 
 
 @triton.jit
@@ -48,12 +53,12 @@ def _load_bc(ptr, s_b, s_t, s_c, idx, b, c, col_ok, l, ACC: tl.constexpr):
 
 
 @triton.jit
-def _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK: tl.constexpr):
-    ok = (keys[:, None] < l) & col_ok[None, :]
+def _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK: tl.constexpr):
+    """(allowed keys (BK,), allowed (key, column) pairs (BK, BN)) for batch element bidx."""
+    kp = keys < l
     if HAS_MASK:
-        kp = tl.load(m_ptr + b[None, :] * s_mb + keys[:, None] * s_mk, mask=ok, other=0)
-        ok = ok & (kp != 0)
-    return ok
+        kp = kp & (tl.load(m_ptr + bidx * s_mb + keys * s_mk, mask=kp, other=0) != 0)
+    return kp, kp[:, None] & col_ok[None, :]
 
 
 @triton.jit
@@ -103,30 +108,31 @@ def _merge(m, num, den, bm, bnum, bden):
 
 @triton.jit
 def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-         o_ptr, lse_ptr, l, d, eg, N,
+         o_ptr, lse_ptr, l, d, eg, N, NB,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
          BT: tl.constexpr, BN: tl.constexpr):
-    pid_t, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g, bidx = pid_gb // NB, pid_gb % NB
     BK: tl.constexpr = BT  # square tiles: the causal diagonal is exactly one tile
     rows = pid_t * BT + tl.arange(0, BT)
-    b, c, col_ok = _cols(pid_n, g, eg, N, BN)
+    b, c, col_ok = _cols(pid_n, bidx, g, eg, N, BN)
     m = tl.full([BT, BN], NEG, ACC)
     num = tl.zeros([BT, BN], ACC)
     den = tl.zeros([BT, BN], ACC)
     hi = pid_t * BT if CAUSAL else l  # off-diagonal key blocks
     for start in range(0, hi, BK):
         keys = start + tl.arange(0, BK)
-        kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+        kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ew, ek, bm = _factors(w, wok, kv, kok)
+        ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
         bden = tl.dot(ew, ek, out_dtype=ACC, input_precision="ieee")
         bnum = tl.dot(ew, ek * vv, out_dtype=ACC, input_precision="ieee")
         m, num, den = _merge(m, num, den, bm, bnum, bden)
     if CAUSAL:
         keys = pid_t * BT + tl.arange(0, BK)
-        kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+        kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
@@ -145,14 +151,15 @@ def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_
 
 @triton.jit
 def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-             do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, l, d, eg, N,
+             do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, l, d, eg, N, NB,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
              BT: tl.constexpr, BN: tl.constexpr):
-    pid_k, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g, bidx = pid_gb // NB, pid_gb % NB
     BK: tl.constexpr = BT
     keys = pid_k * BK + tl.arange(0, BK)
-    b, c, col_ok = _cols(pid_n, g, eg, N, BN)
-    kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+    b, c, col_ok = _cols(pid_n, bidx, g, eg, N, BN)
+    kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
     kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
     vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
     dv = tl.zeros([BK, BN], ACC)
@@ -161,7 +168,7 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
     for start in range(lo, l, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ew, ek, bm = _factors(w, wok, kv, kok)
+        ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
         lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))  # P = ew ek scale; lse = +inf -> 0
         do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
@@ -187,7 +194,7 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
 
 @triton.jit
 def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-            do_ptr, lse_ptr, delta_ptr, dw_ptr, l, d, eg, N,
+            do_ptr, lse_ptr, delta_ptr, dw_ptr, l, d, eg, N, NB,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
             BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr):
     """DIAG=False: every (row, key) tile, off-diagonal math (causal: tiles on or above the diagonal
@@ -200,12 +207,32 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
     keys = pid_k * BK + tl.arange(0, BK)
     w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, DIAG, HAS_W, ACC)
     acc = tl.zeros([BT, BK], ACC)
-    n_cols = N
+    n_batch = NB
     if CAUSAL and not DIAG:
-        n_cols = tl.where(pid_k < pid_t, N, 0)
-    for n0 in range(0, n_cols, BN):
-        b, c, col_ok = _cols(n0 // BN, g, eg, N, BN)
-        kok = _key_ok(m_ptr, s_mb, s_mk, keys, b, col_ok, l, HAS_MASK)
+        n_batch = tl.where(pid_k < pid_t, NB, 0)
+    for bidx in range(0, n_batch):
+        kp, _ = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, keys < l, l, HAS_MASK)
+        acc += _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
+                           do_ptr, lse_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
+                           l, d, eg, N, HAS_MASK, ACC, BT, BN, DIAG)
+    ok = (rows[:, None] < l) & (keys[None, :] < l)
+    if CAUSAL and not DIAG:
+        ok = ok & (keys[None, :] < pid_t * BT)  # below the diagonal only: the DIAG launch does it
+    tl.store(dw_ptr + g * l * l + rows[:, None] * l + keys[None, :], acc, mask=ok)
+
+
+@triton.jit
+def _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
+                do_ptr, lse_ptr, delta_ptr, w, wok, rows, keys, bidx, g, l, d, eg, N,
+                HAS_MASK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
+                DIAG: tl.constexpr):
+    """One (row, key) tile of dw' summed over the columns of batch element bidx (of all batch
+    elements at once when there is no mask: then N spans them)."""
+    BK: tl.constexpr = BT
+    acc = tl.zeros([BT, BK], ACC)
+    for n0 in range(0, N, BN):
+        b, c, col_ok = _cols(n0 // BN, bidx, g, eg, N, BN)
+        kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
@@ -220,10 +247,7 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
             t1 = tl.dot(scale * do, tl.trans(ek * vv), out_dtype=ACC, input_precision="ieee")
             t2 = tl.dot(scale * delta, tl.trans(ek), out_dtype=ACC, input_precision="ieee")
             acc += ew * (t1 - t2)
-    ok = (rows[:, None] < l) & (keys[None, :] < l)
-    if CAUSAL and not DIAG:
-        ok = ok & (keys[None, :] < pid_t * BT)  # below the diagonal only: the DIAG launch does it
-    tl.store(dw_ptr + g * l * l + rows[:, None] * l + keys[None, :], acc, mask=ok)
+    return acc
 
 
 #: Square tile side and column block.  The diagonal tile's elementwise block is BT * BT * BN.
@@ -238,7 +262,8 @@ class AftMix(torch.autograd.Function):
         B, l, d = k.shape
         G = 1 if w is None else w.shape[0]
         eg = d // G
-        N = B * eg
+        # Under a mask, one batch element per program (see _cols); else the batch folds into columns.
+        NB, N = (B, eg) if mask is not None else (1, B * eg)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         lse = torch.empty(B, l, d, device=v.device, dtype=stat)
@@ -246,16 +271,16 @@ class AftMix(torch.autograd.Function):
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
                     BT=BT, BN=BN)
-        _fwd[(triton.cdiv(l, BT), triton.cdiv(N, BN), G)](
-            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, lse, l, d, eg, N, **meta)
+        _fwd[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
+            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, lse, l, d, eg, N, NB, **meta)
         ctx.save_for_backward(k, v, w, m, out, lse)
-        ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N)
+        ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         k, v, w, m, out, lse = ctx.saved_tensors
-        smb, smk, G, eg, N = ctx.dims
+        smb, smk, G, eg, N, NB = ctx.dims
         meta = ctx.meta
         B, l, d = k.shape
         dout = dout.contiguous()
@@ -266,13 +291,14 @@ class AftMix(torch.autograd.Function):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)
             dv = torch.empty(B, l, d, device=k.device, dtype=v.dtype)
-            _bwd_dkv[(triton.cdiv(l, BT), triton.cdiv(N, BN), G)](*common, dk, dv, l, d, eg, N, **meta)
+            _bwd_dkv[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
+                *common, dk, dv, l, d, eg, N, NB, **meta)
         if w is not None and ctx.needs_input_grad[2]:
             dw = torch.zeros(G, l, l, device=k.device, dtype=lse.dtype)
             nb = triton.cdiv(l, BT)
-            _bwd_dw[(nb, nb, G)](*common, dw, l, d, eg, N, DIAG=False, **meta)
+            _bwd_dw[(nb, nb, G)](*common, dw, l, d, eg, N, NB, DIAG=False, **meta)
             if meta["CAUSAL"]:
-                _bwd_dw[(nb, 1, G)](*common, dw, l, d, eg, N, DIAG=True, **meta)
+                _bwd_dw[(nb, 1, G)](*common, dw, l, d, eg, N, NB, DIAG=True, **meta)
             dw = dw.to(w.dtype)
         return dk, dv, dw, None, None
 
