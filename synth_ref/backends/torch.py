@@ -1,14 +1,14 @@
 """PyTorch adapters: the reference on torch tensors, CPU (``torch``) and CUDA (``torch-cuda``).
 
-``vjp`` differentiates the reference with autograd.  torch is imported on first use, never when
+``apply`` and ``vjp`` go through :func:`synth_ref.backends.torch_triton.layer_forward`: a fused
+Triton kernel where one covers the case, the reference otherwise (``adapter.last_path`` says which).
+``vjp`` differentiates it with autograd.  torch is imported on first use, never when
 this module is imported.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-import synth_ref as sr
 
 from ._protocol import import_error_reason
 
@@ -56,9 +56,18 @@ class TorchAdapter:
             t = t.to(torch.float32)
         return t.numpy()
 
+    def _forward(self, spec, params, x, causal, key_padding_mask):
+        # Issue 4: fused Triton kernels where one covers the case (CUDA tensors; CPU tensors only
+        # under TRITON_INTERPRET=1), the reference sr.apply otherwise.  self.last_path records which
+        # ran ("triton:<kernel>" or "eager: <why>").  The adapter protocol is unchanged.
+        from .torch_triton import layer_forward
+
+        y, self.last_path = layer_forward(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        return y
+
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
         with _torch().no_grad():
-            return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+            return self._forward(spec, params, x, causal, key_padding_mask)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
         torch = _torch()
@@ -67,7 +76,7 @@ class TorchAdapter:
             leaves = [x.detach().requires_grad_(True)]
             leaves += [params[n].detach().requires_grad_(True) for n in names]
             p = dict(zip(names, leaves[1:], strict=True))
-            y = sr.apply(spec, p, leaves[0], causal=causal, key_padding_mask=key_padding_mask)
+            y = self._forward(spec, p, leaves[0], causal, key_padding_mask)
             grads = torch.autograd.grad(y, leaves, dy, allow_unused=True)
         grads = [torch.zeros_like(a) if g is None else g for a, g in zip(leaves, grads, strict=True)]
         return grads[0], dict(zip(names, grads[1:], strict=True))
