@@ -21,7 +21,7 @@ def lint(session):
 
 @nox.session
 def tests(session):
-    session.install(*CONSTRAINTS, "-e", ".[test,torch]", "jax")
+    session.install(*CONSTRAINTS, "-e", ".[test,torch,triton]", "jax")  # triton: the kernel tests
     session.run("pytest", "tests", *session.posargs)
 
 
