@@ -80,17 +80,16 @@ def _row_terms(xp, k, w, allowed, start, stop):
     and its sum over t', the normaliser.  Shapes (B, rows, l, G, d/G) and (B, rows, 1, G, d/G).
 
     k: (B, 1, l, G, d/G); w: (G, l, l) or None; allowed: (B|1, l, l) or None."""
-    if w is None:
-        z = k
+    B, _, l, G, eg = k.shape
+    if w is None:  # no bias: every row starts from the same keys
+        z = xp.broadcast_to(k, (B, stop - start, l, G, eg))
     else:
         z = k + xp.permute_dims(w[:, start:stop, :], (1, 2, 0))[None, :, :, :, None]
     if allowed is None:
-        if w is None:  # no bias, no mask: every row sees the same keys
-            B, _, l, G, eg = k.shape
-            z = xp.broadcast_to(k, (B, stop - start, l, G, eg))
         ok = None
-    else:
-        ok = allowed[:, start:stop, :][:, :, :, None, None]
+    else:  # a padding-only mask has one row for all queries
+        ok = allowed[:, start:stop, :] if allowed.shape[1] > 1 else allowed
+        ok = ok[:, :, :, None, None]
     m = c.masked_max(xp, z, ok, axis=2)
     e = c.masked_exp(xp, z, ok, m)
     return e, xp.sum(e, axis=2, keepdims=True)

@@ -70,10 +70,19 @@ def safe_divide(xp, num, den):
 
 
 def sigmoid(xp, q):
-    """A sigmoid that neither overflows nor NaNs its gradient: exp(-|q|) <= 1 always."""
-    e = xp.exp(-xp.abs(q))
-    one = const(xp, 1.0, q)
-    return xp.where(q >= 0, one / (one + e), e / (one + e))
+    """A sigmoid that neither overflows nor NaNs its gradient: each branch exponentiates only a
+    non-positive number.  The branches take where-clamped arguments (not exp(-|q|)) so that autodiff
+    gives the true slope 1/4 at q = 0, where d|q|/dq would be 0."""
+    zero, one = const(xp, 0.0, q), const(xp, 1.0, q)
+    pos = q >= 0
+    e_pos = xp.exp(-xp.where(pos, q, zero))
+    e_neg = xp.exp(xp.where(pos, zero, q))
+    return xp.where(pos, one / (one + e_pos), e_neg / (one + e_neg))
+
+
+def relu(xp, h):
+    """max(h, 0) with slope 0 at h = 0 (``maximum`` would split a tie and give 1/2 under autodiff)."""
+    return xp.where(h > 0, h, const(xp, 0.0, h))
 
 
 def softmax_1d(xp, v):

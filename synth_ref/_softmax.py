@@ -15,7 +15,7 @@ def _dense_hidden(xp, p, x, pre):
     """H = relu(x w_1[i] + b_1[i]) for every head: (B, h, l, e)."""
     w1, b1 = p[pre + "w_1"], p[pre + "b_1"]
     hid = xp.matmul(x[:, None, :, :], w1[None, ...]) + b1[None, :, None, :]
-    return xp.maximum(hid, c.const(xp, 0.0, hid))
+    return c.relu(xp, hid)
 
 
 def logits(spec, comp, p, x, xp, l):

@@ -48,7 +48,7 @@ class Spec:
     pos_rank:
         aft_full, aft_local: None for a full (L, L) bias, or r for pos_u pos_v^T of rank r.
     window:
-        aft_local: keep the bias where |t - t'| < window.  Required.
+        aft_local: keep the bias where ``|t - t'| < window``.  Required.
     kernel_size:
         aft_conv: s, the kernel's taps per spatial axis.  Required; odd for spatial_dims=2.
     spatial_dims:
