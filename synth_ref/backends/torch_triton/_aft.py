@@ -317,6 +317,9 @@ def aft_layer(spec, p, x, causal, mask):
     v = x @ p["w_v"] + p["b_v"]
     l = x.shape[1]
     w = _aft.position_bias(spec, p, array_namespace(x), l, causal, None, x.device)
+    from ._plan import autocast_values
+
+    v = autocast_values(v)
     dt = v.dtype
     o = AftMix.apply(k.to(dt), v, None if w is None else w.to(dt), bool(causal), mask)
     return (torch.sigmoid(q) * o) @ p["w_o"] + p["b_o"]

@@ -37,13 +37,22 @@ def _merge_heads(t):
     return t.transpose(1, 2).reshape(B, l, h * e)
 
 
+def autocast_values(v):
+    """v in CUDA autocast's dtype when autocast is on (the kernels cast their other operands to v's
+    dtype): the bias additions around the projections promote back to float32, and a float32
+    kernel would run its GEMMs without tensor cores.  CPU (the interpreter) keeps v's dtype."""
+    if v.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return v.to(torch.get_autocast_dtype("cuda"))
+    return v
+
+
 def forward(name, spec, p, x, causal, mask):
     if name == "aft":
         from ._aft import aft_layer
 
         return aft_layer(spec, p, x, causal, mask)
     h = spec.n_heads
-    v = _split_heads(x @ p["w_v"] + p["b_v"], h)
+    v = autocast_values(_split_heads(x @ p["w_v"] + p["b_v"], h))
     if name == "random":
         from ._random import random_mix
 
