@@ -108,13 +108,6 @@ def _inputs(spec, dtype, masked, seed=2):
 
 
 def _reference(spec, params, x, causal, mask):
-    """sr.apply, except aft_simple evaluated as aft_full with pos_bias = 0 (the same math by
-    definition): sr.apply(aft_simple, key_padding_mask=...) raises a reshape error at spec commit
-    c9815db (reported to the lead)."""
-    if spec.variant == "aft_simple":
-        full = sr.Spec("aft_full", d_model=spec.d_model, max_len=spec.max_len)
-        zero = torch.zeros(spec.max_len, spec.max_len, dtype=x.dtype, device=x.device)
-        return sr.apply(full, {**params, "pos_bias": zero}, x, causal=causal, key_padding_mask=mask)
     return sr.apply(spec, params, x, causal=causal, key_padding_mask=mask)
 
 
