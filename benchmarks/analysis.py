@@ -67,7 +67,8 @@ def is_naive(name: str) -> bool:
 
 def add_ratios(rows) -> None:
     """Each measured row gets vs_sdpa, vs_naive (the fastest naive version of its variant, named in
-    naive_ref) and vs_floor: its time divided by theirs (> 1: slower)."""
+    naive_ref) and vs_floor: its time divided by theirs (> 1: slower).  The naive rows themselves
+    (mixing steps, not layers) get vs_naive only."""
     sdpa, naive = {}, {}
     for r in _ok(rows):
         key = (r["dtype"], r["length"], r["pass"])
@@ -79,7 +80,8 @@ def add_ratios(rows) -> None:
                 naive[k] = (r["time_s"], r["impl"])
     for r in _ok(rows):
         key = (r["dtype"], r["length"], r["pass"])
-        r["vs_sdpa"] = r["time_s"] / sdpa[key] if key in sdpa else None
+        # A naive row is a mixing step: its ratio to a whole layer would mislead, so it gets none.
+        r["vs_sdpa"] = r["time_s"] / sdpa[key] if key in sdpa and not is_naive(r["impl"]) else None
         nv = naive.get((r["variant"], *key))
         r["vs_naive"], r["naive_ref"] = (r["time_s"] / nv[0], nv[1]) if nv else (None, None)
         r["vs_floor"] = r["time_s"] / r["floor_s"] if r.get("floor_s") else None
@@ -205,7 +207,13 @@ def claim_random_vs_conv(rows, claim, random_impls, primary="torch_direct") -> d
             verdict = "partly: random is faster but short of 1.6x"
         else:
             verdict = "disagrees: dynamic convolution is as fast or faster"
-        verdict += f" (plain-torch random synthesizer vs dynamic convolution, forward + backward: {speedups})"
+        verdict += f" (plain-torch random synthesizer vs dynamic convolution, forward + backward: {speedups}"
+        infer = [pt for pt in points if pt["pass"] == "forward" and pt["random_impl"] == primary]
+        if infer:
+            verdict += "; forward only: " + ", ".join(
+                f"{pt['speedup']:.2f}x at l={pt['length']}" for pt in infer
+            )
+        verdict += ")"
     return {
         "setting": {
             "batch": claim.batch,

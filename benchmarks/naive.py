@@ -91,6 +91,7 @@ def _impl(tb, name, variant, settings) -> impls.Impl:
         build,
         lambda v, want=variant: v == want,
         tuple(settings.dtypes),
+        floor=False,  # the floor is the whole layer's; these are mixing steps
         no_forward="torch_bench's closures run forward + backward only",
         meta={"scope": "mixing step only", "source": "benchmarks/torch_bench.py"},
     )

@@ -205,7 +205,10 @@ def render(doc) -> str:
         "## Time",
         "",
         "Each cell: median time (× SDPA dot-product layer / × fastest naive version of the "
-        "variant / × floor) at the same dtype, length and pass; > 1 means slower. '–': no such baseline.",
+        "variant / × floor) at the same dtype, length and pass; > 1 means slower. '–': no such baseline. "
+        "The `naive: ...` rows (benchmarks/torch_bench.py, issue 4) time the mixing step only, forward + "
+        "backward: our whole layer's × naive overstates our cost by the projections' share, and they "
+        "carry no × SDPA or × floor of their own.",
         "",
     ]
     out += _table([r for r in rows if r["variant"]], lengths, _time_cell)

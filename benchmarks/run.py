@@ -7,10 +7,13 @@ import argparse
 import cProfile
 import gc
 import json
+import math
 import pstats
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from synth_ref import _aft
 
 from . import analysis, impls, machine, measure, naive, report, schema, settings, sweep
 
@@ -98,15 +101,29 @@ def run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
     rows, stops = sweep.run(st, all_impls, doc["calibration"], log)
     cst = claim_settings(st)
     log("claim: random synthesizer vs dynamic convolution")
-    claim_impls = [i for i in build_impls(cst, []) if i.covers("random") or i.covers(None)]
+    # Whole layers only: the naive rows are mixing steps (no projections), the convolution is a layer.
+    claim_impls = [
+        i
+        for i in build_impls(cst, [])
+        if (i.covers("random") or i.covers(None)) and not analysis.is_naive(i.name)
+    ]
     claim_rows, claim_stops = sweep.run(cst, claim_impls, doc["calibration"], log, groups=["random", None])
     probe_rows = []
     aft_claim = [v for v in analysis.AFT_CLAIM_VARIANTS if v in st.variants]
     if st.probe_lengths and aft_claim:
         log("claim: AFT memory against l (forward, one call per point)")
         probe = [i for i in all_impls if i.name in PROBE_IMPLS[st.device]]
+        # Reach at least twice the length where the reference's AFT row block stops holding all of
+        # (B, l, l, d): only past it does the growth show what long inputs cost.
+        full = math.sqrt(_aft.BLOCK_ELEMENTS / (st.batch * st.d_model))
         probe_rows = sweep.memory_probe(
-            st, probe, st.probe_lengths, aft_claim, budget_s=st.probe_budget_s, log=log
+            st,
+            probe,
+            st.probe_lengths,
+            aft_claim,
+            budget_s=st.probe_budget_s,
+            must_reach=2 ** math.ceil(math.log2(2 * full)),
+            log=log,
         )
     analysis.add_ratios(rows)
     analysis.add_ratios(claim_rows)

@@ -223,11 +223,13 @@ def _row(
     }
 
 
-def memory_probe(settings, probe_impls, lengths, variants, *, budget_s, log=print) -> list[dict]:
+def memory_probe(
+    settings, probe_impls, lengths, variants, *, budget_s, must_reach=0, log=print
+) -> list[dict]:
     """Forward peak memory only, one call per point, over ``lengths`` (longer than the timed sweep
     reaches): the AFT memory claim needs lengths where the reference's row blocks are full.  A
     series stops before a length whose call is predicted slower than ``budget_s`` or over the memory
-    budget (predicted as in :class:`Series`)."""
+    budget (predicted as in :class:`Series`); the time budget applies only past ``must_reach``."""
     rows = []
     t0 = time.perf_counter()
     dtype = settings.dtypes[0]
@@ -272,6 +274,7 @@ def memory_probe(settings, probe_impls, lengths, variants, *, budget_s, log=prin
                     peaks.append(peak)
                 times.append(t)
                 nxt = peaks[-1] * _growth(peaks) if peaks else 0
-                if t * _growth(times) > budget_s or nxt > settings.memory_budget:
+                slow = t * _growth(times) > budget_s and length >= must_reach
+                if slow or nxt > settings.memory_budget:
                     break
     return rows
