@@ -42,9 +42,10 @@ def _figure(title):
 def _finish(fig, axes, path):
     for ax in axes:
         if ax.lines:
-            ax.legend(fontsize=6.5, loc="upper left")
+            # Below the axes: inside, the many series' labels would hide the lines.
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -85,7 +86,16 @@ def variant_plot(rows, settings, variant, dtype, path: Path) -> Path:
             None,
         )
         if floor_rows:
-            _line(ax_t, floor_rows, "floor_s", f"floor {_SHORT[p]}", color="black", linestyle=":")
+            _line(
+                ax_t,
+                floor_rows,
+                "floor_s",
+                f"floor {_SHORT[p]}",
+                color="black",
+                linestyle=":",
+                marker="_",
+                markersize=8,
+            )
     ls = list(settings.lengths)
     for key, style in (("materialized", (0, (1, 3))), ("streaming", (0, (5, 5)))):
         vals = [settings.spec(variant, l).memory(settings.batch, l)[key] for l in ls]
