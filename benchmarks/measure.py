@@ -62,6 +62,15 @@ def prepare_rss() -> str | None:
     return None
 
 
+def release_rss() -> None:
+    """Put glibc's mmap threshold back at its default starting value (128 KiB) after a run, for a
+    process that goes on (the smoke test runs inside pytest).  glibc offers no way back to its
+    dynamic adjustment; 128 KiB is where that adjustment starts."""
+    libc = _libc()
+    if libc and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 128 * 1024)
+
+
 def _reset_hwm():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

@@ -78,6 +78,15 @@ def where_time_goes(st, variant, dtype, length, top=5) -> dict:
 
 
 def run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
+    """Measure, analyse and write one mode's results; returns the JSON document."""
+    try:
+        return _run_all(st, out_dir, make_plots=make_plots, log=log)
+    finally:  # leave a process that goes on (pytest) as it was
+        measure.release_rss()
+        gc.unfreeze()
+
+
+def _run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
     t0 = time.perf_counter()
     skipped = []
     why = measure.prepare_rss()
