@@ -49,6 +49,7 @@ class Prepared:
     cuda_events: bool = False  # time with CUDA events (torch on a GPU)
     memory: str = "rss"  # "tracemalloc" | "rss" | "cuda" | "none"
     note: str = ""  # e.g. which SDPA backend ran
+    describe: Callable[[], str] | None = None  # after a call: which path ran (an adapter's last_path)
 
 
 @dataclass
@@ -317,7 +318,13 @@ def _adapter_impl(adapter, name, probe, platform, dtypes) -> Impl:
             def fb():
                 return adapter.vjp(spec, params, x, dy, causal=causal, key_padding_mask=None)
 
-        return Prepared(forward, fb, sync=sync, cuda_events=cuda_events, memory=memory)
+        def describe():
+            # Adapters that dispatch (a kernel where one covers the case, the reference otherwise)
+            # say which ran; torch's does as ``last_path``.
+            path = getattr(adapter, "last_path", None)
+            return f"path: {path}" if path else ""
+
+        return Prepared(forward, fb, sync=sync, cuda_events=cuda_events, memory=memory, describe=describe)
 
     return Impl(
         name,

@@ -170,7 +170,7 @@ def _measure_impl(settings, impl, point, series, calibration, log, t0) -> list[d
             times_s=times,
             peak_bytes=peak,
             memory_method=how,
-            note=prepared.note,
+            note=_note(prepared),
         )
         row.update(wall_s=wall, cpu_time_s=cpu_t, cpu_times_s=cpu)
         spec = point.spec if impl.floor else None
@@ -183,6 +183,11 @@ def _measure_impl(settings, impl, point, series, calibration, log, t0) -> list[d
             f"l={point.length} {impl.name} {_SHORT[p]}: {wall * 1e3:.2f} ms wall{cpu_txt}, {mem}"
         )
     return out
+
+
+def _note(prepared) -> str:
+    extra = prepared.describe() if prepared.describe else ""
+    return "; ".join(n for n in (prepared.note, extra) if n)
 
 
 def _failure(exc: BaseException) -> str:
@@ -259,7 +264,7 @@ def memory_probe(
                     times_s=[wall],
                     peak_bytes=peak,
                     memory_method=how,
-                    note="memory probe: one call",
+                    note="memory probe: one call" + (f"; {_note(prepared)}" if _note(prepared) else ""),
                 )
                 row.update(wall_s=wall, cpu_time_s=cpu_t, cpu_times_s=[cpu_t])
                 row.update(floors.floor_fields(None, settings.batch, length, dtype, "forward", {}))

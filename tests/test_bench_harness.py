@@ -203,6 +203,14 @@ def test_tiny_run_measures_every_implementation_and_pass(tiny_run):
             assert {(impl, v, "forward"), (impl, v, "forward_backward")} <= got
     for base in ("sdpa", "dynamic_conv", "lightweight_conv"):
         assert {(base, None, "forward"), (base, None, "forward_backward")} <= got
+    # An adapter that dispatches (kernel or reference) and says which (torch's last_path): the rows
+    # record the path that ran.
+    from synth_ref import backends
+
+    if getattr(backends.get("torch"), "last_path", None):
+        assert all(
+            "path: " in r["note"] for r in doc["results"] if r["impl"] == "torch" and r["status"] == "ok"
+        )
     # NumPy cannot differentiate: said once, not silently missing.
     assert any(
         s["impl"] == "numpy" and s["pass"] == "forward_backward" and "vjp" in s["why"] for s in doc["stops"]
