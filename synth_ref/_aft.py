@@ -117,22 +117,31 @@ def _prepare(spec, p, x, xp, causal, key_padding_mask):
     return grid, q, k, v, w, allowed
 
 
-def apply(spec, p, x, xp, causal, key_padding_mask):
-    grid, q, k, v, w, allowed = _prepare(spec, p, x, xp, causal, key_padding_mask)
-    B, l, d = q.shape
+def _mix(xp, k, v, w, allowed):
+    """sum_t' exp(K + w') V / sum_t' exp(K + w') for every query row: (B, l or 1, d)."""
+    B, l, d = k.shape
     G = 1 if w is None else w.shape[0]
     kg, vg = _grouped(xp, k, G), _grouped(xp, v, G)
-    rows = max(1, BLOCK_ELEMENTS // (B * l * d))
+    if w is None and (allowed is None or allowed.shape[1] == 1):
+        # No bias and no causal mask: every query row has the same allowed keys, hence the same
+        # stabilizer and the same mix.  Compute it once (O(l d)); it broadcasts over rows.
+        bounds = [(0, 1)]
+    else:
+        rows = max(1, BLOCK_ELEMENTS // (B * l * d))
+        bounds = [(start, min(l, start + rows)) for start in range(0, l, rows)]
     blocks = []
-    for start in range(0, l, rows):
-        stop = min(l, start + rows)
+    for start, stop in bounds:
         e, den = _row_terms(xp, kg, w, allowed, start, stop)
         # divide after summing: the normaliser is per (row, channel), so this is the same number
         mixed = c.safe_divide(xp, xp.sum(e * vg, axis=2), den[:, :, 0, ...])
         blocks.append(xp.reshape(mixed, (B, stop - start, d)))
-    mixed = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
-    y = c.linear(xp, c.sigmoid(xp, q) * mixed, p["w_o"], p["b_o"])
-    return y if grid is None else xp.reshape(y, (B, grid[0], grid[1], d))
+    return blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=1)
+
+
+def apply(spec, p, x, xp, causal, key_padding_mask):
+    grid, q, k, v, w, allowed = _prepare(spec, p, x, xp, causal, key_padding_mask)
+    y = c.linear(xp, c.sigmoid(xp, q) * _mix(xp, k, v, w, allowed), p["w_o"], p["b_o"])
+    return y if grid is None else xp.reshape(y, (y.shape[0], *grid, y.shape[-1]))
 
 
 def weights(spec, p, x, xp, causal, key_padding_mask):
