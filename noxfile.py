@@ -1,5 +1,8 @@
 """Sessions: ``tests`` (spec tests on every namespace), ``lint`` (ruff), ``conformance`` (per backend)."""
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -41,3 +44,60 @@ def bench(session):
     benchmarks/results/cpu-quick.{json,md,png}.  Not in CI (.ci/run): tests/test_bench_harness.py is."""
     session.install(*CONSTRAINTS, "-e", ".[torch]", "jax", "matplotlib")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+# --- conformance --------------------------------------------------------------------------------
+# One session per backend: `nox -s conformance` runs them all, `nox -s "conformance(backend='jax')"`
+# one.  Each merges its results into conformance-report.json (+ .md matrix) and prints the summary;
+# an unavailable backend is recorded and the session skipped with the reason.
+# SYNTH_REF_PROFILE=deep selects the deep profile (default: the derandomized ci profile).
+
+CONFORMANCE_BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy"]
+# backend -> (extras of this project, further packages); torch wherever gradients are checked:
+# gradient gold is torch autograd in float64 on CPU (the CPU build on disk, via the constraints)
+CONFORMANCE_DEPS = {
+    "numpy": ("test", ()),
+    "array_api_strict": ("test", ()),
+    "torch": ("test,torch", ()),
+    "torch-cuda": ("test,torch", ()),
+    "jax": ("test,torch", ("jax", "pytest-xdist")),
+    "cupy": ("test,cupy", ()),
+}
+# jax compiles every shape twice (apply, vjp): spread it over the cores
+CONFORMANCE_WORKERS = {"jax": "auto"}
+NEEDS_NVIDIA = ("torch-cuda", "cupy")
+SELFTEST_IN = "jax"  # the session whose environment has every CPU framework
+
+
+def _nvidia_driver() -> bool:
+    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").exists()
+
+
+@nox.session
+@nox.parametrize("backend", CONFORMANCE_BACKENDS)
+def conformance(session, backend):
+    """Certify one backend against the reference; extra arguments after -- go to pytest."""
+    profile = os.environ.get("SYNTH_REF_PROFILE", "ci")
+    report = str(ROOT / "conformance-report.json")
+    cli = ["python", "-m", "synth_ref.conformance", "--backend", backend, "--profile", profile,
+           "--report", report]
+    if backend in NEEDS_NVIDIA and not _nvidia_driver():
+        reason = "no NVIDIA driver on this machine (no nvidia-smi, no /proc/driver/nvidia)"
+        session.install(*CONSTRAINTS, "-e", ".")
+        session.run(*cli, "--unavailable", reason)
+        session.skip(reason)
+    extras, packages = CONFORMANCE_DEPS[backend]
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]", *packages)
+    probe = session.run(*cli[:5], "--probe", silent=True)
+    info = json.loads(str(probe).strip().splitlines()[-1])
+    if not info["available"]:
+        session.run(*cli, "--unavailable", info["reason"])
+        session.skip(info["reason"])
+    workers = CONFORMANCE_WORKERS.get(backend)
+    cache = ROOT / ".nox" / "jax-compilation-cache"
+    if backend == SELFTEST_IN:
+        # the suite's own tests: teeth (every wrong adapter caught), registry, inputs, CLI
+        session.run("pytest", "conformance", "--ignore=conformance/test_conformance.py", "-q",
+                    "-p", "no:cacheprovider")
+    session.run(*cli, *(["-n", workers] if workers else []), "--", *session.posargs,
+                env={"SYNTH_REF_JAX_CACHE": str(cache)})

@@ -20,7 +20,8 @@ import synth_ref as sr
 
 
 def _lin(x, w, b):
-    return x @ w + b
+    with np.errstate(invalid="ignore", over="ignore"):  # a defect's NaN/Inf flows on, quietly
+        return x @ w + b
 
 
 def _split(t, h):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from .. import backends
+from ..backends import has_vjp
 from . import cases as C
 from . import gold as G
 from . import report as R
@@ -131,7 +132,8 @@ class Session:
             metafunc.parametrize("conformance_target", self.targets, ids=[t.label for t in self.targets])
         if "grid_case" in names and "conformance_dtype" in names:
             grad = metafunc.function.__name__ == "test_gradient"
-            pairs = [(c, d) for c in C.grid(self.profile, self.variants) for d in (c.grad_dtypes if grad else c.dtypes)]
+            grid = C.grid(self.profile, self.variants)
+            pairs = [(c, d) for c in grid for d in (c.grad_dtypes if grad else c.dtypes)]
             metafunc.parametrize(
                 "grid_case,conformance_dtype", pairs, ids=[f"{c.id}-{d}" for c, d in pairs]
             )
@@ -139,6 +141,24 @@ class Session:
             fd = [c for c in C.finite_difference_cases()
                   if self.variants is None or c.variant in self.variants]
             metafunc.parametrize("fd_case", fd, ids=[c.variant for c in fd])
+
+    def pytest_collection_modifyitems(self, config, items):
+        """Drop the checks a backend does not claim (a dtype outside ``adapter.dtypes``, gradients
+        of a forward-only adapter): the report shows those cells as not claimed."""
+        keep, drop = [], []
+        for item in items:
+            cs = getattr(item, "callspec", None)
+            t = cs.params.get("conformance_target") if cs else None
+            if t is None or not t.ok:
+                keep.append(item)
+                continue
+            dtype = cs.params.get("conformance_dtype")
+            unclaimed = dtype is not None and dtype not in t.adapter.dtypes
+            no_vjp = item.originalname == "test_gradient" and not has_vjp(t.adapter)
+            (drop if unclaimed or no_vjp else keep).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
 
     def pytest_runtest_logreport(self, report):
         # on the controller this also sees xdist workers' reports

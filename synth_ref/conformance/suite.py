@@ -65,5 +65,6 @@ def test_gold_gradients_match_finite_differences(fd_case, request):
     except G.GoldUnavailable as exc:
         pytest.skip(str(exc))
     worst = max(rel.values())
-    request.node.user_properties.append(("conformance_gold_check", (fd_case.id, worst)))
+    name = fd_case.variant + (" 2-D" if fd_case.spec.spatial_dims == 2 else "")
+    request.node.user_properties.append(("conformance_gold_check", (name, worst)))
     assert worst < 1e-6, f"gold gradient disagrees with finite differences: {rel}"

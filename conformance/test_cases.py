@@ -1,0 +1,129 @@
+"""The suite's inputs: deterministic, random where init is not, adversarial where they claim to be."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import synth_ref as sr
+from synth_ref.conformance import cases as C
+from synth_ref.conformance.tolerances import TOLERANCES, markdown_table
+
+
+def test_make_inputs_is_deterministic_and_rounded():
+    case = C.grid("ci")[3]
+    a, b = C.make_inputs(case, "float32"), C.make_inputs(case, "float32")
+    assert all(np.array_equal(a.params[n], b.params[n]) for n in a.params)
+    assert np.array_equal(a.x, b.x)
+    assert np.array_equal(a.x, a.x.astype(np.float32).astype(np.float64))
+    h = C.make_inputs(case, "float16")
+    assert np.array_equal(h.x, h.x.astype(np.float16).astype(np.float64))
+
+
+def test_bfloat16_rounding_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(10_000) * 10.0 ** rng.integers(-8, 8, 10_000)
+    want = torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16).float().double().numpy()
+    assert np.array_equal(C.round_to(x, "bfloat16"), want)
+
+
+@pytest.mark.parametrize("variant", sr.VARIANTS)
+def test_every_parameter_is_drawn_not_initialised(variant):
+    case = next(c for c in C.grid("ci") if c.variant == variant)
+    inp = C.make_inputs(case, "float64")
+    init = case.spec.init(seed=0)
+    for n, a in inp.params.items():
+        assert a.shape == init[n].shape
+        assert np.std(a) > 0 or a.size == 1, n
+        assert not np.allclose(a, init[n]), f"{n} equals its init value"
+        if n.endswith(("b_q", "b_k", "b_v", "b_o", "conv_beta", "pos_bias", "mix_logits")):
+            assert np.all(a != 0), n
+        if n.endswith("conv_gamma"):
+            assert np.all(a != 1), n
+
+
+def _max_logit(case, inp):
+    """max |logit| of the case (uses the spec's internals: a check of the suite, not of the spec)."""
+    spec = case.spec
+    x = inp.x.reshape(inp.x.shape[0], -1, spec.d_model)
+    l = x.shape[1]
+    if spec.family == "softmax":
+        return float(np.max(np.abs(sr._softmax.mixed_logits(spec, inp.params, x, np, l))))
+    k = x @ inp.params["w_k"] + inp.params["b_k"]
+    grid = case.shape if len(case.shape) == 2 else None
+    w = sr._aft.position_bias(spec, inp.params, np, l, case.causal, grid, "cpu")
+    w = 0.0 if w is None else np.max(np.abs(w))
+    return float(np.max(np.abs(k)) + w)
+
+
+@pytest.mark.parametrize("variant", sr.VARIANTS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_large_regime_reaches_the_overflow_range(variant, dtype):
+    """float32: logits beyond 88.7 (exp overflows) for a naive kernel; float16: about 10."""
+    cases = [c for c in C.grid("ci", [variant]) if c.values == "large" and c.length == C.MAX_LEN]
+    peaks = [_max_logit(c, C.make_inputs(c, dtype)) for c in cases]
+    lo, hi = (89.0, 400.0) if dtype == "float32" else (9.0, 40.0)
+    assert max(peaks) > lo and max(peaks) < hi, peaks
+
+
+def test_mask_regimes():
+    rng_cases = {c.mask: c for c in C.grid("ci", ["dense"]) if c.length == C.MAX_LEN}
+    m = C.make_inputs(rng_cases["all_masked"], "float64").mask
+    assert not m[0].any()
+    m = C.make_inputs(rng_cases["all_but_one"], "float64").mask
+    assert m[0].sum() == 1
+    m = C.make_inputs(rng_cases["left_pad"], "float64").mask
+    assert not m[0, : C.MAX_LEN // 2].any() and m[0, C.MAX_LEN // 2 :].all()
+    m = C.make_inputs(rng_cases["random"], "float64").mask
+    assert not m.all() and m.any()
+
+
+def test_identical_regime_has_long_runs():
+    case = next(c for c in C.grid("ci", ["dense"]) if c.values == "identical" and c.length == C.MAX_LEN)
+    x = C.make_inputs(case, "float64").x
+    same = np.all(x[:, 1:] == x[:, :-1], axis=-1)
+    assert same.sum(axis=1).min() >= C.MAX_LEN // 2
+
+
+def test_grid_covers_every_option_and_size():
+    g = C.grid("ci")
+    assert {c.variant for c in g} == set(sr.VARIANTS)
+    for v in sr.VARIANTS:
+        lengths = {c.length for c in g if c.variant == v and len(c.shape) == 1}
+        assert {1, C.MAX_LEN} <= lengths and any(n % 2 for n in lengths - {1}), (v, lengths)
+    for v in ("dot_product", "dense", "random", "factorized_dense", "factorized_random", "aft_conv"):
+        assert {c.spec.n_heads for c in g if c.variant == v} >= {1, 3}, v
+    assert {c.spec.tiling for c in g if c.variant == "factorized_dense"} == {"outer", "tile"}
+    assert {c.spec.pos_rank is None for c in g if c.variant in ("aft_full", "aft_local")} == {True, False}
+    windows = {(c.spec.window, c.length) for c in g if c.variant == "aft_local"}
+    assert any(w == 1 for w, _ in windows) and any(w >= n > 1 for w, n in windows)
+    assert len({c.spec.kernel_size for c in g if c.variant == "aft_conv"}) >= 3
+    assert any(c.spec.spatial_dims == 2 for c in g if c.variant == "aft_conv")
+    assert any(math.gcd(*c.spec.factors) > 1 for c in g if c.variant == "factorized_dense")
+    for mask in ("none", "random", "all_masked", "all_but_one", "left_pad"):
+        assert any(c.mask == mask for c in g), mask
+    for values in C.VALUES:
+        assert any(c.values == values for c in g), values
+
+
+def test_one_table_of_floors():
+    assert list(TOLERANCES) == list(C.DTYPES)
+    for f in TOLERANCES.values():
+        assert 0 < f.forward <= f.gradient and f.why
+    assert markdown_table().count("\n") == len(TOLERANCES) + 1
+
+
+def test_drawn_cases_are_valid():
+    hypothesis = pytest.importorskip("hypothesis")
+
+    @hypothesis.settings(max_examples=60, derandomize=True, deadline=None, database=None)
+    @hypothesis.given(C.case_strategy())
+    def check(case):
+        inp = C.make_inputs(case, "float64")
+        assert inp.x.shape == (case.batch, *case.shape, case.spec.d_model)
+        assert case.spec.max_len >= case.length
+
+    check()
