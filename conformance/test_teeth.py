@@ -36,7 +36,7 @@ def test_suite_catches_defect(name, request):
     print(f"{name} ({bad.source}: {bad.defect}): caught by {len(caught)} of {len(outcomes)} checks")
     print(f"first failing check: {first}")
     request.node.user_properties.append(
-        ("conformance_teeth", (name, len(caught), len(outcomes), first.splitlines()[0]))
+        ("conformance_teeth", (name, len(caught), len(outcomes), _short(first)))
     )
     assert caught, f"the suite did not catch {name}: {bad.defect}"
 
@@ -49,12 +49,22 @@ def test_control_twin_passes(name):
     assert not bad, "\n".join(o.message() for o in bad[:3])
 
 
-def test_suite_catches_untrained_r():
+def _short(message: str) -> str:
+    """The first failure in one line: the check and case, then what was off."""
+    lines = [ln.strip() for ln in message.splitlines() if not ln.strip().startswith("reproduce")]
+    return " | ".join(lines[:3])
+
+
+def test_suite_catches_untrained_r(request):
     pytest.importorskip("torch")
-    caught = [o for o in _run(W.RNotTrained()) if o.blame == "adapter"]
+    outcomes = _run(W.RNotTrained())
+    caught = [o for o in outcomes if o.blame == "adapter"]
     assert caught and all(o.kind == "gradient" for o in caught)
     assert caught[0].worst == "r", caught[0].message()
     print(caught[0].message())
+    request.node.user_properties.append(
+        ("conformance_teeth", (W.RNotTrained.name, len(caught), len(outcomes), _short(caught[0].message())))
+    )
     assert not [o for o in _run(W.RNotTrained(enabled=False)) if not o.ok]
 
 

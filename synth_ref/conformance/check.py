@@ -72,13 +72,13 @@ def _compare(name, out, gold, ref, dtype, kind):
     """(ok, err, tol, detail) for one array."""
     if out.shape != gold.shape:
         return False, float("inf"), 0.0, f"{name}: shape {out.shape}, expected {gold.shape}"
+    ref_err = None if ref is None else float(np.max(np.abs(ref - gold), initial=0.0))
+    tol = tolerance(dtype, kind, ref_err)
     finite = np.isfinite(gold)
     if not np.all(np.isfinite(out[finite])):
         bad = int(np.sum(~np.isfinite(out[finite])))
-        return False, float("inf"), 0.0, f"{name}: {bad} NaN/Inf entries where gold is finite"
+        return False, float("inf"), tol, f"{name}: {bad} NaN/Inf entries where gold is finite"
     err = float(np.max(np.abs(out - gold), initial=0.0))
-    ref_err = None if ref is None else float(np.max(np.abs(ref - gold), initial=0.0))
-    tol = tolerance(dtype, kind, ref_err)
     return err <= tol, err, tol, ""
 
 

@@ -120,6 +120,7 @@ class Session:
         self.variants = tuple(picked) or None
         self.records: list[dict] = []
         self.gold_check: dict[str, float] = {}
+        self.teeth: list = []  # (defect, checks that caught it, checks run, first failure)
         self.started = time.time()
         self.targets = _targets(config)
         self.frameworks = G.configure_frameworks()
@@ -170,6 +171,8 @@ class Session:
                 self.ran_suite = True
             elif key == "conformance_gold_check":
                 self.gold_check[value[0]] = value[1]
+            elif key == "conformance_teeth":
+                self.teeth.append(value)
 
     def entries(self) -> list[dict]:
         out = []
@@ -190,6 +193,14 @@ class Session:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if hasattr(config, "workerinput"):
             return
+        if self.teeth:
+            terminalreporter.write_line("")
+            terminalreporter.write_line("synth-ref conformance teeth: deliberately wrong adapters")
+            for name, caught, total, first in self.teeth:
+                verdict = "caught" if caught else "MISSED"
+                terminalreporter.write_line(f"  {verdict:<7}{name:<38} by {caught:>3} of {total:>3} checks")
+                if caught:
+                    terminalreporter.write_line(f"         first: {first}")
         if not (self.ran_suite or self.gold_check or self.written):
             return
         entries = self.entries()
