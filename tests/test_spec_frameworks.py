@@ -161,3 +161,23 @@ def test_dot_product_equals_torch_sdpa(causal, masked):
     got = sr.apply(spec, {n: torch.tensor(a) for n, a in p.items()}, torch.tensor(x), causal=causal,
                    key_padding_mask=None if mask is None else torch.tensor(mask))
     assert_allclose(got.numpy(), want, *F64)
+
+
+@pytest.mark.parametrize("engine", ["torch", "jax"])
+def test_gate_slope_at_zero_query(engine):
+    """Q = 0 exactly (w_q = b_q = 0): d y / d b_q must use sigmoid'(0) = 1/4, as a finite difference
+    of the smooth sigmoid says (an exp(-|q|) formulation gives autodiff a kink there)."""
+    spec = sr.Spec("aft_simple", d_model=3, max_len=4)
+    rng = np.random.default_rng(34)
+    p = random_params(spec, rng)
+    p["w_q"], p["b_q"] = np.zeros((3, 3)), np.zeros(3)
+    x = rng.standard_normal((2, 4, 3))
+    dy = rng.standard_normal(x.shape)
+    _, grads = (_loss_torch if engine == "torch" else _loss_jax)(spec, p, x, dy, True, None)
+    eps = 1e-6
+    fd = np.zeros(3)
+    for c in range(3):
+        hi, lo = dict(p, b_q=np.eye(3)[c] * eps), dict(p, b_q=-np.eye(3)[c] * eps)
+        diff = sr.apply(spec, hi, x, causal=True) - sr.apply(spec, lo, x, causal=True)
+        fd[c] = np.sum(diff * dy) / (2 * eps)
+    assert_allclose(grads["b_q"], fd, *FINITE_DIFF)

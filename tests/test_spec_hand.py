@@ -225,18 +225,20 @@ def _fd(tiling):
     return spec, p
 
 
-@pytest.mark.parametrize("tiling, y1_l4, y1_l3", [
+@pytest.mark.parametrize("tiling, y1_l4, y1_l3, y1_l2", [
     # x[:, 1] = (8, 0, 0, 8):  outer (8 + 32)/8 = 5,  tile (8 + 32)/10 = 4.
     # l = 3 takes C[:3]:       outer (1,2,1)/4 -> 8/4 = 2,  tile (1,4,1)/6 -> 8/6 = 4/3.
-    ("outer", 5.0, 2.0),
-    ("tile", 4.0, 4 / 3),
+    # l = 2 takes C[:2]:       outer (1,2)/3 -> 8/3,        tile (1,4)/5 -> 8/5.
+    ("outer", 5.0, 2.0, 8 / 3),
+    ("tile", 4.0, 4 / 3, 8 / 5),
 ])
-def test_factorized_dense_outer_vs_tile(ns, tiling, y1_l4, y1_l3):
+def test_factorized_dense_outer_vs_tile(ns, tiling, y1_l4, y1_l3, y1_l2):
     spec, p = _fd(tiling)
     x = np.array([[[1, 8], [1, 0], [1, 0], [1, 8]]], dtype=float)
     # column 0 is 1 everywhere, so any weights give 1 there
     check(ns, spec, p, x, [[[1, y1_l4]] * 4])
     check(ns, spec, p, x[:, :3], [[[1, y1_l3]] * 3])
+    check(ns, spec, p, x[:, :2], [[[1, y1_l2]] * 2])
 
 
 def test_factorized_dense_default_tiling_is_outer(ns):
@@ -361,6 +363,14 @@ def test_aft_local_zero_outside_window(ns, window, expected):
     check(ns, spec, p, [[[3], [0], [6]]], [[[e] for e in expected]])
 
 
+def test_aft_local_l2(ns):
+    # window 1 at l = 2, x = (3, 0), pos_bias ln2 (diagonal only), K = Q = 0:
+    #   row 0: exp w' (2, 1)/3 -> 6/3 = 2, Y = 1;   row 1: (1, 2)/3 -> 3/3 = 1, Y = 1/2.
+    spec = sr.Spec("aft_local", d_model=1, max_len=3, window=1)
+    p = simple_params(spec, w_k=[[0]], w_q=[[0]], pos_bias=np.full((3, 3), LN2))
+    check(ns, spec, p, [[[3], [0]]], [[[1.0], [0.5]]])
+
+
 def test_aft_local_causal_window(ns):
     # window 1, causal, as above: row 0 key 0 -> 3, Y = 3/2; row 1 keys (0, 1) exp (1, 2) -> 3/3 = 1, Y = 1/2;
     # row 2 keys (0,1,2) exp (1,1,2)/4 -> 15/4, Y = 15/8.
@@ -397,6 +407,14 @@ def test_aft_conv_per_head_centred(ns):
     #   row 2: (1, 4, 1/2)/5.5: (40 + 10)/5.5 = 100/11 -> Y = 50/11
     spec, p = _conv_two_heads()
     check(ns, spec, p, [[[0, 0], [10, 10], [20, 20]]], [[[5, 6.25], [8.5, 1.5], [5, 50 / 11]]])
+
+
+def test_aft_conv_per_head_l2(ns):
+    # As above at l = 2, x columns (0, 10).
+    # Head 0: row 0: t'=0 -> 1, t'=1 -> 8: 80/9, Y = 40/9;  row 1: t'=0 (j=0) -> 1, t'=1 -> 1: 5, Y = 5/2.
+    # Head 1: row 0: (1/2, 1/2): 5, Y = 5/2;               row 1: (4, 1/2)/4.5: 5/4.5 = 10/9, Y = 5/9.
+    spec, p = _conv_two_heads()
+    check(ns, spec, p, [[[0, 0], [10, 10]]], [[[40 / 9, 2.5], [2.5, 5 / 9]]])
 
 
 def test_aft_conv_per_head_causal(ns):
