@@ -1,0 +1,463 @@
+"""Flash attention over synthesized logits, as Pallas kernels written for the TPU (Mosaic) lowering.
+
+Computes, per batch element b and head i, O = softmax(S) V with
+
+    S = q k^T + key_bias[b, i] (a row vector over keys) + full_bias[i] (an (l x l) matrix)
+
+where any of the three terms may be absent and q, k, key_bias may be shared by the whole batch
+(leading axis 1).  Masked keys carry -inf in key_bias; ``causal`` masks t' > t inside the kernel.
+A row with no allowed key gives 0 (and no gradient), as the spec requires.  This one kernel covers
+the dense synthesizer (q = relu(x W1 + b1), k = W2^T: static keys shared by the batch, key_bias =
+b2), dot-product attention, factorized random (q = R1, k = R2, both shared), random (full_bias = R,
+no q k^T) and any mixture of those (q and k concatenated along the feature axis, the R terms summed).
+
+TPU constraints honoured: every block's last two dimensions are multiples of (8, 128) or the whole
+array axis; matmuls take bf16 or f32 operands and accumulate in f32 (``preferred_element_type``);
+row statistics live in (rows, 1) f32 scratch; transposes are done on f32 values before a plain
+matmul.  Tests run these kernels with ``interpret=True`` on CPU and lower them for TPU
+(``lowering_platforms=("tpu",)``) to catch Mosaic lowering errors without a TPU.
+
+Backward: the usual flash recomputation from the saved log-sum-exp per row, in three kernels:
+dq (loop over key blocks), dk / dv / d key_bias (loop over query blocks), and, when a full bias is
+present, d full_bias summed over the batch inside the kernel (an (l x l) gradient per head, never
+(B, l, l)).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+_NT = (((1,), (1,)), ((), ()))  # a @ b^T without materialising b^T
+_INF = float("inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# tiles shared by every kernel
+
+
+def _logits(i, j, bq, bk, causal, q_ref, k_ref, kb_ref, rb_ref):
+    """S for query block i, key block j: (bq, bk) f32, -inf where masked."""
+    acc = kb_ref.dtype  # the accumulation dtype (float32; float64 for float64 inputs)
+    if q_ref is not None:
+        s = jax.lax.dot_general(q_ref[...], k_ref[...], _NT, preferred_element_type=acc)
+    else:
+        s = jnp.zeros((bq, bk), acc)
+    s = s + kb_ref[...].astype(acc)
+    if rb_ref is not None:
+        s = s + rb_ref[...].astype(acc)
+    if causal:
+        row = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+        col = j * bk + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+        s = jnp.where(col <= row, s, -_INF)
+    return s
+
+
+def _visible(i, j, bq, bk, causal):
+    """Whether block (i, j) has any allowed pair (always, unless causal and above the diagonal)."""
+    if not causal:
+        return True
+    return j * bk <= i * bq + bq - 1
+
+
+def _split(refs, has_qk, has_rb):
+    """Unpack (q, k, v, kb, rb) input refs; absent ones are None."""
+    refs = list(refs)
+    q = refs.pop(0) if has_qk else None
+    k = refs.pop(0) if has_qk else None
+    v, kb = refs.pop(0), refs.pop(0)
+    rb = refs.pop(0) if has_rb else None
+    return (q, k, v, kb, rb), refs
+
+
+def _probs(s, lse):
+    """P = exp(S - lse); lse is +inf on empty rows so P is 0 there (never exp(-inf + inf))."""
+    return jnp.exp(s - lse)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+
+
+def _fwd_kernel(*refs, bq, bk, causal, has_qk, has_rb):
+    (q, k, v, kb, rb), (o_ref, lse_ref, m_sc, l_sc, acc_sc) = _split(refs, has_qk, has_rb)
+    acc = kb.dtype
+    i, j = pl.program_id(2), pl.program_id(3)
+
+    @pl.when(j == 0)
+    def _init():
+        m_sc[...] = jnp.full(m_sc.shape, -_INF, acc)
+        l_sc[...] = jnp.zeros(l_sc.shape, acc)
+        acc_sc[...] = jnp.zeros(acc_sc.shape, acc)
+
+    @pl.when(_visible(i, j, bq, bk, causal))
+    def _step():
+        s = _logits(i, j, bq, bk, causal, q, k, kb, rb)
+        m_prev = m_sc[...]
+        m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
+        shift = jnp.where(m_new == -_INF, 0.0, m_new)  # rows with nothing allowed yet: exp(-inf) = 0
+        p = jnp.exp(s - shift)
+        alpha = jnp.exp(m_prev - shift)
+        l_sc[...] = alpha * l_sc[...] + jnp.sum(p, axis=1, keepdims=True)
+        vv = v[...]
+        pv = jnp.dot(p.astype(vv.dtype), vv, preferred_element_type=acc)
+        acc_sc[...] = alpha * acc_sc[...] + pv
+        m_sc[...] = m_new
+
+    @pl.when(j == pl.num_programs(3) - 1)
+    def _finish():
+        total = l_sc[...]
+        some = total > 0
+        o_ref[...] = jnp.where(some, acc_sc[...] / jnp.where(some, total, 1.0), 0.0).astype(o_ref.dtype)
+        lse_ref[...] = jnp.where(some, m_sc[...] + jnp.log(jnp.where(some, total, 1.0)), _INF)
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+
+
+def _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref):
+    """(P, dS) for block (i, j): dS = P * (dO V^T - rowsum(dO * O))."""
+    q, k, v, kb, rb = ins
+    acc = kb.dtype
+    s = _logits(i, j, bq, bk, causal, q, k, kb, rb)
+    p = _probs(s, lse_ref[...])
+    dp = jax.lax.dot_general(do_ref[...], v[...], _NT, preferred_element_type=acc)
+    return p, p * (dp - di_ref[...])
+
+
+def _dq_kernel(*refs, bq, bk, causal, has_rb):
+    ins, (do_ref, lse_ref, di_ref, dq_ref, dq_sc) = _split(refs, True, has_rb)
+    acc = dq_sc.dtype
+    i, j = pl.program_id(2), pl.program_id(3)
+
+    @pl.when(j == 0)
+    def _init():
+        dq_sc[...] = jnp.zeros(dq_sc.shape, acc)
+
+    @pl.when(_visible(i, j, bq, bk, causal))
+    def _step():
+        _, ds = _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref)
+        kk = ins[1][...]
+        dq_sc[...] += jnp.dot(ds.astype(kk.dtype), kk, preferred_element_type=acc)
+
+    @pl.when(j == pl.num_programs(3) - 1)
+    def _finish():
+        dq_ref[...] = dq_sc[...]
+
+
+def _dkv_kernel(*refs, bq, bk, causal, has_qk, has_rb):
+    ins, rest = _split(refs, has_qk, has_rb)
+    do_ref, lse_ref, di_ref = rest[:3]
+    rest = rest[3:]
+    if has_qk:
+        dk_ref, dv_ref, dkb_ref, dk_sc, dv_sc, dkb_sc = rest
+    else:
+        dv_ref, dkb_ref, dv_sc, dkb_sc = rest
+    acc = dv_sc.dtype
+    j, i = pl.program_id(2), pl.program_id(3)  # grid (b, h, key block, query block)
+
+    @pl.when(i == 0)
+    def _init():
+        if has_qk:
+            dk_sc[...] = jnp.zeros(dk_sc.shape, acc)
+        dv_sc[...] = jnp.zeros(dv_sc.shape, acc)
+        dkb_sc[...] = jnp.zeros(dkb_sc.shape, acc)
+
+    @pl.when(_visible(i, j, bq, bk, causal))
+    def _step():
+        p, ds = _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref)
+        dov = do_ref[...]
+        dv_sc[...] += jnp.dot(p.T.astype(dov.dtype), dov, preferred_element_type=acc)
+        if has_qk:
+            qq = ins[0][...]
+            dk_sc[...] += jnp.dot(ds.T.astype(qq.dtype), qq, preferred_element_type=acc)
+        dkb_sc[...] += jnp.sum(ds, axis=0, keepdims=True)
+
+    @pl.when(i == pl.num_programs(3) - 1)
+    def _finish():
+        if has_qk:
+            dk_ref[...] = dk_sc[...]
+        dv_ref[...] = dv_sc[...]
+        dkb_ref[...] = dkb_sc[...]
+
+
+def _drb_kernel(*refs, bq, bk, causal, has_qk):
+    ins, (do_ref, lse_ref, di_ref, drb_ref) = _split(refs, has_qk, True)
+    acc = drb_ref.dtype
+    i, j, b = pl.program_id(1), pl.program_id(2), pl.program_id(3)  # grid (h, q block, k block, b)
+
+    @pl.when(b == 0)
+    def _init():
+        drb_ref[...] = jnp.zeros(drb_ref.shape, acc)
+
+    @pl.when(_visible(i, j, bq, bk, causal))
+    def _step():
+        _, ds = _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref)
+        drb_ref[...] += ds
+
+
+# ---------------------------------------------------------------------------------------------
+# pallas_call plumbing
+
+
+def accumulator(dtype):
+    """Statistics and accumulation dtype: float32 (the TPU's), float64 for float64 inputs (which only
+    the interpreter runs) so that float64 keeps its precision end to end."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def _idiv(a, b: int):
+    """a // b for non-negative grid indices, in a's integer dtype (under x64 a Python int would
+    become int64, which lax.div refuses to mix with the int32 grid indices)."""
+    a = jnp.asarray(a)
+    return jax.lax.div(a, jnp.asarray(b, a.dtype))
+
+
+def _clamp_k(causal, bq, bk):
+    """Key-block index for (query block i, key block j): under a causal mask the blocks above the
+    diagonal are skipped, so map them to the last visible one (no new DMA is issued for a block
+    whose index does not change).  lax.div, not //: indices are non-negative, and jnp's floor
+    division lowers through sign(), which the Mosaic lowering only emits on some TPU generations."""
+    if not causal:
+        return lambda i, j: j
+    return lambda i, j: jnp.minimum(j, _idiv(i * bq + bq - 1, bk))
+
+
+def _clamp_q(causal, bq, bk):
+    """Query-block index for (key block j, query block i): blocks before the diagonal are skipped."""
+    if not causal:
+        return lambda j, i: i
+    return lambda j, i: jnp.maximum(i, _idiv(j * bk, bq))
+
+
+def _specs(shapes, bq, bk, qi, ki, order):
+    """BlockSpecs for (q, k, v, kb, rb) given how grid indices map to (b, h, query block, key block).
+
+    ``order(*grid) -> (b, h, i, j)`` and qi / ki remap the query / key block index (causal clamps).
+    Arrays with a leading axis of 1 are shared by the batch (or heads, for kb) and always read at 0."""
+    qs, ks, vs, kbs, rbs = shapes
+    out = []
+
+    def lead(n, b):
+        return b if n > 1 else 0
+
+    if qs is not None:
+        out.append(pl.BlockSpec((None, None, bq, qs[3]), lambda *g: (
+            lead(qs[0], order(*g)[0]), order(*g)[1], qi(*g), 0)))
+        out.append(pl.BlockSpec((None, None, bk, ks[3]), lambda *g: (
+            lead(ks[0], order(*g)[0]), order(*g)[1], ki(*g), 0)))
+    out.append(pl.BlockSpec((None, None, bk, vs[3]), lambda *g: (order(*g)[0], order(*g)[1], ki(*g), 0)))
+    out.append(pl.BlockSpec((None, None, 1, bk), lambda *g: (
+        lead(kbs[0], order(*g)[0]), lead(kbs[1], order(*g)[1]), 0, ki(*g))))
+    if rbs is not None:
+        out.append(pl.BlockSpec((None, bq, bk), lambda *g: (order(*g)[1], qi(*g), ki(*g))))
+    return out
+
+
+def _row_spec(bq, width, order, qi):
+    """A (B, h, l, width) array read by query block."""
+    return pl.BlockSpec((None, None, bq, width), lambda *g: (order(*g)[0], order(*g)[1], qi(*g), 0))
+
+
+def _params(*semantics):
+    return pltpu.CompilerParams(dimension_semantics=semantics)
+
+
+def _operands(q, k, v, kb, rb):
+    return [a for a in (q, k, v, kb, rb) if a is not None]
+
+
+def _shapes(q, k, v, kb, rb):
+    return tuple(None if a is None else a.shape for a in (q, k, v, kb, rb))
+
+
+def _forward(q, k, v, kb, rb, *, causal, bq, bk, interpret):
+    acc = kb.dtype
+    B, h, lp, e = v.shape
+    nq, nk = lp // bq, lp // bk
+    has_qk, has_rb = q is not None, rb is not None
+    shapes = _shapes(q, k, v, kb, rb)
+    kc = _clamp_k(causal, bq, bk)
+
+    def order(b, hh, i, j):
+        return b, hh, i, j
+
+    in_specs = _specs(shapes, bq, bk, lambda b, hh, i, j: i, lambda b, hh, i, j: kc(i, j), order)
+    kernel = functools.partial(_fwd_kernel, bq=bq, bk=bk, causal=causal, has_qk=has_qk, has_rb=has_rb)
+    return pl.pallas_call(
+        kernel,
+        grid=(B, h, nq, nk),
+        in_specs=in_specs,
+        out_specs=[_row_spec(bq, e, order, lambda b, hh, i, j: i),
+                   _row_spec(bq, 1, order, lambda b, hh, i, j: i)],
+        out_shape=[jax.ShapeDtypeStruct((B, h, lp, e), v.dtype),
+                   jax.ShapeDtypeStruct((B, h, lp, 1), acc)],
+        scratch_shapes=[pltpu.VMEM((bq, 1), acc), pltpu.VMEM((bq, 1), acc),
+                        pltpu.VMEM((bq, e), acc)],
+        compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
+        interpret=interpret,
+        name="synth_flash_fwd",
+    )(*_operands(q, k, v, kb, rb))
+
+
+def _backward(q, k, v, kb, rb, o, lse, do, *, causal, bq, bk, interpret):
+    acc = kb.dtype
+    B, h, lp, e = v.shape
+    nq, nk = lp // bq, lp // bk
+    has_qk, has_rb = q is not None, rb is not None
+    shapes = _shapes(q, k, v, kb, rb)
+    ops = _operands(q, k, v, kb, rb)
+    di = jnp.sum(do.astype(acc) * o.astype(acc), axis=-1, keepdims=True)
+    extra = (do, lse, di)
+    kc, qc = _clamp_k(causal, bq, bk), _clamp_q(causal, bq, bk)
+    grads = {}
+
+    if has_qk:  # dq: grid (b, h, i, j), j innermost
+        def o_q(b, hh, i, j):
+            return b, hh, i, j
+
+        qi, ki = (lambda b, hh, i, j: i), (lambda b, hh, i, j: kc(i, j))
+        w = q.shape[3]
+        grads["q"] = pl.pallas_call(
+            functools.partial(_dq_kernel, bq=bq, bk=bk, causal=causal, has_rb=has_rb),
+            grid=(B, h, nq, nk),
+            in_specs=_specs(shapes, bq, bk, qi, ki, o_q)
+            + [_row_spec(bq, e, o_q, qi), _row_spec(bq, 1, o_q, qi), _row_spec(bq, 1, o_q, qi)],
+            out_specs=_row_spec(bq, w, o_q, qi),
+            out_shape=jax.ShapeDtypeStruct((B, h, lp, w), acc),
+            scratch_shapes=[pltpu.VMEM((bq, w), acc)],
+            compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
+            interpret=interpret,
+            name="synth_flash_dq",
+        )(*ops, *extra)
+
+    # dk, dv, d key_bias: grid (b, h, j, i), i innermost
+    def o_kv(b, hh, j, i):
+        return b, hh, i, j
+
+    qi, ki = (lambda b, hh, j, i: qc(j, i)), (lambda b, hh, j, i: j)
+    key_row = lambda width: pl.BlockSpec((None, None, bk, width), lambda b, hh, j, i: (b, hh, j, 0))  # noqa: E731
+    out_specs, out_shape, scratch = [], [], []
+    if has_qk:
+        w = q.shape[3]
+        out_specs.append(key_row(w))
+        out_shape.append(jax.ShapeDtypeStruct((B, h, lp, w), acc))
+        scratch.append(pltpu.VMEM((bk, w), acc))
+    out_specs += [key_row(e), pl.BlockSpec((None, None, 1, bk), lambda b, hh, j, i: (b, hh, 0, j))]
+    out_shape += [jax.ShapeDtypeStruct((B, h, lp, e), acc),
+                  jax.ShapeDtypeStruct((B, h, 1, lp), acc)]
+    scratch += [pltpu.VMEM((bk, e), acc), pltpu.VMEM((1, bk), acc)]
+    res = pl.pallas_call(
+        functools.partial(_dkv_kernel, bq=bq, bk=bk, causal=causal, has_qk=has_qk, has_rb=has_rb),
+        grid=(B, h, nk, nq),
+        in_specs=_specs(shapes, bq, bk, qi, ki, o_kv)
+        + [_row_spec(bq, e, o_kv, qi), _row_spec(bq, 1, o_kv, qi), _row_spec(bq, 1, o_kv, qi)],
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=scratch,
+        compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
+        interpret=interpret,
+        name="synth_flash_dkv",
+    )(*ops, *extra)
+    if has_qk:
+        grads["k"], res = res[0], res[1:]
+    grads["v"], grads["kb"] = res
+
+    if has_rb:  # d full_bias: grid (h, i, j, b), b innermost, summed in the output block
+        def o_r(hh, i, j, b):
+            return b, hh, i, j
+
+        qi, ki = (lambda hh, i, j, b: i), (lambda hh, i, j, b: kc(i, j))
+        grads["rb"] = pl.pallas_call(
+            functools.partial(_drb_kernel, bq=bq, bk=bk, causal=causal, has_qk=has_qk),
+            grid=(h, nq, nk, B),
+            in_specs=_specs(shapes, bq, bk, qi, ki, o_r)
+            + [_row_spec(bq, e, o_r, qi), _row_spec(bq, 1, o_r, qi), _row_spec(bq, 1, o_r, qi)],
+            # unclamped: blocks above a causal diagonal are written once, as zeros
+            out_specs=pl.BlockSpec((None, bq, bk), lambda hh, i, j, b: (hh, i, j)),
+            out_shape=jax.ShapeDtypeStruct((h, lp, lp), acc),
+            compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
+            interpret=interpret,
+            name="synth_flash_drb",
+        )(*ops, *extra)
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# custom VJP on padded operands
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _core(q, k, v, kb, rb, causal, bq, bk, interpret):
+    return _forward(q, k, v, kb, rb, causal=causal, bq=bq, bk=bk, interpret=interpret)[0]
+
+
+def _core_fwd(q, k, v, kb, rb, causal, bq, bk, interpret):
+    o, lse = _forward(q, k, v, kb, rb, causal=causal, bq=bq, bk=bk, interpret=interpret)
+    return o, (q, k, v, kb, rb, o, lse)
+
+
+def _reduce_to(g, like):
+    """Sum a per-(batch, head) gradient over the axes ``like`` broadcasts (leading 1s)."""
+    axes = tuple(a for a in range(g.ndim) if like.shape[a] == 1 and g.shape[a] != 1)
+    if axes:
+        g = jnp.sum(g, axis=axes, keepdims=True)
+    return g.astype(like.dtype)
+
+
+def _core_bwd(causal, bq, bk, interpret, res, do):
+    q, k, v, kb, rb, o, lse = res
+    g = _backward(q, k, v, kb, rb, o, lse, do, causal=causal, bq=bq, bk=bk, interpret=interpret)
+    dq = None if q is None else _reduce_to(g["q"], q)
+    dk = None if k is None else _reduce_to(g["k"], k)
+    drb = None if rb is None else g["rb"].astype(rb.dtype)
+    return dq, dk, g["v"].astype(v.dtype), _reduce_to(g["kb"], kb), drb
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def block_sizes(length: int, block_q: int, block_k: int) -> tuple[int, int, int]:
+    """(bq, bk, padded length).  Short inputs use one block covering the whole (8-padded) length,
+    which the TPU accepts as a full-axis block; longer ones use the given sizes and pad l up."""
+    for name, b in (("block_q", block_q), ("block_k", block_k)):
+        if b < 8 or b % 8:
+            raise ValueError(f"{name}: expected a positive multiple of 8; got {b}")
+    l8 = -(-length // 8) * 8
+    if l8 <= max(block_q, block_k):
+        return l8, l8, l8
+    step = math.lcm(block_q, block_k)
+    return block_q, block_k, -(-length // step) * step
+
+
+def flash_attention(v, key_bias, *, q=None, k=None, full_bias=None, causal=False,
+                    block_q=128, block_k=128, interpret=False):
+    """softmax(q k^T + key_bias + full_bias) v per (batch, head); differentiable (custom VJP).
+
+    v: (B, h, l, e).  key_bias: (B or 1, h or 1, 1, l), -inf at masked keys.  q, k: (B or 1, h, l, w)
+    or both None.  full_bias: (h, l, l) or None.  Block sizes are multiples of 8 (on TPU, block_k a
+    multiple of 128 unless the whole input is one block).  Returns (B, h, l, e) in v's dtype."""
+    B, h, l, e = v.shape
+    if (q is None) != (k is None):
+        raise ValueError("q, k: expected both or neither; got only one")
+    bq, bk, lp = block_sizes(l, block_q, block_k)
+    pad = lp - l
+
+    def rows(a):
+        return None if a is None else jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+    acc = accumulator(v.dtype)
+    kb = jnp.pad(key_bias.astype(acc), ((0, 0), (0, 0), (0, 0), (0, pad)), constant_values=-_INF)
+    rb = None if full_bias is None else jnp.pad(full_bias, ((0, 0), (0, pad), (0, pad)))
+    o = _core(rows(q), rows(k), rows(v), kb, rb, bool(causal), bq, bk, interpret)
+    return o[:, :, :l, :]

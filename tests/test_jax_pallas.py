@@ -1,0 +1,386 @@
+"""The JAX dispatch and its fused paths: Pallas kernels (run by Pallas's interpreter on CPU, and lowered
+for TPU to catch Mosaic lowering errors without one) and the XLA rewrites.
+
+Kernel-level tests compare with plain float64 formulas (forward in NumPy, gradients by JAX autodiff
+of the plain formula in float64); layer-level tests compare with the reference (float64 NumPy
+forward, torch float64 autograd gradients).  Small blocks (8, 16) make several tiles out of short
+inputs so the tile loops, the online merges and the causal diagonal all run; TPU-sized blocks are
+checked by the lowering test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="the jax extra is not installed")
+jnp = jax.numpy
+
+from jax_helpers import CASES, GRAD_TOL, TOL, grad_errors, inputs, rel_err, torch_gold_vjp  # noqa: E402
+
+import synth_ref as sr  # noqa: E402
+from synth_ref.backends import jax_pallas as jp  # noqa: E402
+from synth_ref.backends.jax_pallas_aft import aft_mix  # noqa: E402
+from synth_ref.backends.jax_pallas_flash import flash_attention  # noqa: E402
+
+INTERP = "pallas_interpret"
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+
+
+def test_platform_decides_the_path(monkeypatch):
+    monkeypatch.delenv(jp.ENV, raising=False)
+    assert jp.select_path(platform="tpu") == "pallas"
+    assert jp.select_path(platform="gpu") == "xla"
+    assert jp.select_path(platform="cpu") == "reference"
+    assert jp.select_path() == "reference"  # this CPU test process
+    monkeypatch.setenv(jp.ENV, INTERP)
+    assert jp.select_path(platform="tpu") == INTERP  # the environment forces a path
+    assert jp.select_path("xla") == "xla"  # an explicit argument wins
+    monkeypatch.setenv(jp.ENV, "fast")
+    with pytest.raises(ValueError, match=f"{jp.ENV}: expected one of .*; got 'fast'"):
+        jp.select_path()
+    with pytest.raises(ValueError, match="path: expected one of .*; got 'tpu'"):
+        jp.select_path("tpu")
+
+
+@pytest.mark.parametrize("case, masked, pallas, xla", [
+    ("dense", False, "pallas-flash", "xla-sdpa"),
+    ("mixture-flash", True, "pallas-flash", "xla-sdpa"),
+    ("random", False, "pallas-flash", "xla-random"),
+    ("random", True, "pallas-flash", "xla-sdpa"),
+    ("factorized_dense-outer", False, "reference", "reference"),
+    ("mixture", False, "reference", "reference"),  # has a factorized_dense component
+    ("aft_full", True, "pallas-aft", "reference"),
+    ("aft_conv-2d", False, "pallas-aft", "reference"),
+    ("aft_simple", False, "reference", "reference"),
+])
+def test_plan_names_the_implementation(case, masked, pallas, xla):
+    spec = CASES[case]
+    assert jp.plan(spec, masked=masked, path="pallas") == pallas
+    assert jp.plan(spec, masked=masked, path=INTERP) == pallas
+    assert jp.plan(spec, masked=masked, path="xla", platform="gpu") == xla
+    assert jp.plan(spec, masked=masked, path="reference") == "reference"
+    # on CPU the xla path keeps only the random rewrite (the rest would be the reference's math);
+    # float64 never takes dot_product_attention (its XLA form computes in float32)
+    cpu = xla if xla == "xla-random" else "reference"
+    assert jp.plan(spec, masked=masked, path="xla", platform="cpu") == cpu
+    assert jp.plan(spec, masked=masked, path="xla", platform="gpu", dtype="float64") == cpu
+
+
+def test_bad_inputs_are_checked_on_fused_paths_too():
+    spec = CASES["dense"]
+    params, x, _ = inputs(spec)
+    with pytest.raises(ValueError, match="x: expected last axis d_model=16"):
+        jp.apply(spec, params, jnp.zeros((1, 4, 8)), path=INTERP)
+    with pytest.raises(ValueError, match="key_padding_mask: expected shape"):
+        jp.apply(spec, params, jnp.asarray(x, jnp.float32), key_padding_mask=jnp.ones((2, 3), bool),
+                 path="xla")
+    with pytest.raises(ValueError, match="block_q: expected a positive multiple of 8; got 12"):
+        flash_attention(jnp.zeros((1, 1, 40, 4)), jnp.zeros((1, 1, 1, 40)), block_q=12)
+    with pytest.raises(ValueError, match="block: expected a positive multiple of 8; got 4"):
+        aft_mix(jnp.zeros((1, 40, 4)), jnp.zeros((1, 40, 4)), jnp.zeros((1, 40, 40)), block=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# the flash kernel against the plain formula
+
+
+def _flash_gold(q, k, v, kb, rb, causal):
+    """softmax(q k^T + kb + rb) v with -inf masks and empty rows 0; float64 jnp (differentiable)."""
+    l = v.shape[2]
+    s = jnp.zeros(v.shape[:2] + (l, l), v.dtype) + kb
+    if q is not None:
+        s = s + jnp.einsum("bhqw,bhkw->bhqk", q, k)
+    if rb is not None:
+        s = s + rb[None]
+    if causal:
+        s = jnp.where(jnp.tril(jnp.ones((l, l), bool)), s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(s - m)
+    den = jnp.sum(e, axis=-1, keepdims=True)
+    return jnp.einsum("bhqk,bhke->bhqe", e / jnp.where(den > 0, den, 1.0), v)
+
+
+def _key_mask(B, l):
+    """Batch 1 loses its tail, batch 2 (if any) every key: empty rows must give 0 and no NaN."""
+    m = np.ones((B, l), bool)
+    m[1, l // 2:] = False
+    if B > 2:
+        m[2] = False
+    return m
+
+
+FLASH_CONFIGS = {
+    # name: (q batch, k batch, key bias heads, full bias, causal)
+    "dot_product": (3, 3, 1, False, True),
+    "static_keys": (3, 1, 2, False, False),  # dense: keys W2^T shared by the batch, bias b2 per head
+    "full_bias": (0, 0, 1, True, True),  # random: no q k^T at all
+    "shared_qk_and_bias": (1, 1, 2, True, True),  # factorized random + random in a mixture
+}
+
+
+@pytest.mark.parametrize("name", list(FLASH_CONFIGS))
+def test_flash_kernel(name):
+    bq_, bk_, hb, has_rb, causal = FLASH_CONFIGS[name]
+    B, h, l, e, w = 3, 2, 20, 4, 6  # l = 20 -> padded to 24 = 3 tiles of 8
+    rng = np.random.default_rng(0)
+    q = None if not bq_ else rng.standard_normal((bq_, h, l, w))
+    k = None if not bk_ else rng.standard_normal((bk_, h, l, w))
+    v = rng.standard_normal((B, h, l, e))
+    mask = _key_mask(B, l)
+    kb = 0.5 * rng.standard_normal((1, hb, 1, l)) + np.where(mask, 0.0, -np.inf)[:, None, None, :]
+    rb = rng.standard_normal((h, l, l)) if has_rb else None
+    dy = rng.standard_normal((B, h, l, e))
+    args = {"q": q, "k": k, "v": v, "rb": rb}
+    diff = [n for n, a in args.items() if a is not None]
+
+    def loss(fn, vals, dtype):
+        def f(*xs):
+            d = dict(zip(diff, xs, strict=True))
+            o = fn(d.get("q"), d.get("k"), d["v"], jnp.asarray(kb), d.get("rb"))
+            return jnp.sum(o * dy.astype(dtype)), o
+        return jax.value_and_grad(f, argnums=tuple(range(len(diff))), has_aux=True)(*vals)
+
+    with jax.enable_x64(True):
+        (_, gold_o), gold_g = loss(lambda q, k, v, kb, rb: _flash_gold(q, k, v, kb, rb, causal),
+                                   [jnp.asarray(args[n]) for n in diff], jnp.float64)
+        gold_o, gold_g = np.asarray(gold_o), [np.asarray(g) for g in gold_g]
+
+    def kernel(q, k, v, kb, rb):
+        return flash_attention(v, kb, q=q, k=k, full_bias=rb, causal=causal, block_q=8, block_k=8,
+                               interpret=True)
+
+    (_, o), g = jax.jit(lambda *xs: loss(kernel, xs, jnp.float32))(
+        *[jnp.asarray(args[n], jnp.float32) for n in diff])
+    assert rel_err(o, gold_o) <= TOL["float32"]
+    assert np.all(np.asarray(o)[2] == 0), "rows with no allowed key must be exactly 0"
+    errs = grad_errors(g[0], dict(zip(diff[1:], g[1:], strict=True)),
+                       gold_g[0], dict(zip(diff[1:], gold_g[1:], strict=True)))
+    assert max(errs.values()) <= GRAD_TOL["float32"], errs
+
+
+# ---------------------------------------------------------------------------------------------
+# the AFT kernel against the plain formula
+
+
+def _aft_gold(k, v, w, mask, causal):
+    """Y[t, c] = sum_t' exp(w[g, t, t'] + K[t', c]) V / sum exp(...), allowed t' only; float64 jnp with
+    the exact per-(t, c) max (the spec's definition), differentiable."""
+    B, l, d = v.shape
+    G = w.shape[0]
+    kg = jnp.reshape(k, (B, l, G, d // G)).transpose(0, 2, 1, 3)  # (B, G, l, c)
+    z = jnp.broadcast_to(w[None, :, :, :, None] + kg[:, :, None], (B, G, l, l, d // G))
+    ok = jnp.broadcast_to(mask[:, None, None, :, None], z.shape)
+    if causal:
+        ok = ok & jnp.tril(jnp.ones((l, l), bool))[None, None, :, :, None]
+    z = jnp.where(ok, z, -jnp.inf)
+    m = jnp.max(z, axis=3, keepdims=True)
+    e = jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0))
+    vg = jnp.reshape(v, (B, l, G, d // G)).transpose(0, 2, 1, 3)[:, :, None]  # (B, G, 1, l, c)
+    den = jnp.sum(e, axis=3)
+    y = jnp.sum(e * vg, axis=3) / jnp.where(den > 0, den, 1.0)  # (B, G, l, c)
+    return jnp.reshape(y.transpose(0, 2, 1, 3), (B, l, d))
+
+
+def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_TOL["float32"]):
+    with jax.enable_x64(True):
+        def gold_loss(kk, vv, ww):
+            y = _aft_gold(kk, vv, ww, jnp.asarray(mask), causal)
+            return jnp.sum(y * dy), y
+        (_, gold_y), gold_g = jax.value_and_grad(gold_loss, argnums=(0, 1, 2), has_aux=True)(
+            jnp.asarray(k), jnp.asarray(v), jnp.asarray(w))
+        gold_y, gold_g = np.asarray(gold_y), [np.asarray(g) for g in gold_g]
+
+    @jax.jit
+    def run(kk, vv, ww):
+        def f(kk, vv, ww):
+            y = aft_mix(kk, vv, ww, jnp.asarray(mask), causal=causal, block=block, interpret=True)
+            return jnp.sum(y * dy.astype(np.float32)), y
+        return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(kk, vv, ww)
+
+    (_, y), g = run(*[jnp.asarray(a, jnp.float32) for a in (k, v, w)])
+    assert rel_err(y, gold_y) <= tol
+    errs = grad_errors(g[0], {"v": g[1], "w": g[2]}, gold_g[0], {"v": gold_g[1], "w": gold_g[2]})
+    assert max(errs.values()) <= gtol, errs
+    return np.asarray(y)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("G, block", [(1, 8), (2, 16)])
+def test_aft_kernel(G, block, causal):
+    """l = 37 padded to 40 (block 8: 5 tiles) or 48 (block 16: 3 tiles, 2 exact sub-blocks per diagonal)."""
+    B, l, d = 3, 37, 8
+    rng = np.random.default_rng(1)
+    k, v = rng.standard_normal((B, l, d)), rng.standard_normal((B, l, d))
+    w = rng.standard_normal((G, l, l))
+    mask = _key_mask(B, l)
+    y = _check_aft(k, v, w, mask, causal, block, rng.standard_normal((B, l, d)))
+    assert np.all(y[2] == 0), "rows with no allowed key must be exactly 0"
+
+
+def test_aft_kernel_survives_a_spread_of_160_under_a_causal_mask():
+    """Within every 16-row tile K rises from -80 to +80: each row's own and past keys are outweighed
+    by the tile's future keys by up to e^160, so a stabilizer that took the tile's key max (future
+    keys included) would underflow every visible term of the first tile's early rows to 0/0 in float32
+    (checked: such a mutant fails here with an error of order 1).  The diagonal tiles' exact 8-row
+    sub-blocks keep every row exact.  Non-causal with w = 0 the rank-one shift is exact whatever
+    K's spread (second check, keys falling instead)."""
+    B, l, d = 2, 40, 8
+    rng = np.random.default_rng(2)
+    saw = -80 + 160 * (np.arange(l) % 16) / 15
+    k = saw[None, :, None] + 0.5 * rng.standard_normal((B, l, d))
+    v = rng.standard_normal((B, l, d))
+    mask = np.ones((B, l), bool)
+    dy = rng.standard_normal((B, l, d))
+    # small w: the gap of the off-diagonal tiles is bounded by w's range, here < 1
+    _check_aft(k, v, 0.1 * rng.standard_normal((1, l, l)), mask, True, 16, dy)
+    _check_aft(k[:, ::-1], v, np.zeros((1, l, l)), mask, False, 16, dy)
+
+
+def test_aft_kernel_exact_when_w_and_k_both_spread():
+    """w and K both spread over about +-100 with their maxima at different keys: the rank-one shift
+    alpha[t] + beta[c] then overshoots the exact max by far more than float32's ~87, so those tiles
+    must take the exact per-key path (a mutant that always trusts the rank-one shift fails here)."""
+    B, l, d = 2, 24, 8
+    rng = np.random.default_rng(4)
+    k, v = 40 * rng.standard_normal((B, l, d)), rng.standard_normal((B, l, d))
+    w = 40 * rng.standard_normal((1, l, l))
+    mask = _key_mask(B, l)
+    dy = rng.standard_normal((B, l, d))
+    for causal in (False, True):
+        _check_aft(k, v, w, mask, causal, 8, dy)
+
+
+def test_rank_one_safety_check():
+    """The gap bound says safe for ordinary inputs (they keep the two-matmul path) and unsafe where
+    the gap is provably large; it is exact on a case worked by hand."""
+    from synth_ref.backends.jax_pallas_aft import _rank_one, _rank_one_safe
+
+    rng = np.random.default_rng(5)
+    wz, kz = jnp.asarray(rng.standard_normal((8, 8))), jnp.asarray(rng.standard_normal((8, 16)))
+    assert bool(_rank_one_safe(wz, kz, *_rank_one(wz, kz)[:2]))
+    # w peaks at key 0 (+70), K at key 1 (+70): exact max 70, shift 140, gap 70 > 60
+    wz = jnp.zeros((8, 8)).at[:, 0].set(70.0)
+    kz = jnp.zeros((8, 16)).at[1, :].set(70.0)
+    assert not bool(_rank_one_safe(wz, kz, *_rank_one(wz, kz)[:2]))
+    # the same with 50s: gap 50 <= 60, safe
+    wz, kz = wz * 50 / 70, kz * 50 / 70
+    assert bool(_rank_one_safe(wz, kz, *_rank_one(wz, kz)[:2]))
+
+
+def test_aft_kernel_bfloat16():
+    B, l, d = 2, 20, 8
+    rng = np.random.default_rng(3)
+    k, v, w = rng.standard_normal((B, l, d)), rng.standard_normal((B, l, d)), rng.standard_normal((1, l, l))
+    mask = np.ones((B, l), bool)
+    gold = _aft_gold(*(jnp.asarray(a.astype(np.float32)) for a in (k, v, w)), jnp.asarray(mask), True)
+    y = jax.jit(lambda a, b, c: aft_mix(a, b, c, causal=True, block=8, interpret=True))(
+        *(jnp.asarray(a, jnp.bfloat16) for a in (k, v, w)))
+    assert y.dtype == jnp.bfloat16 and rel_err(y, gold) <= TOL["bfloat16"]
+
+
+# ---------------------------------------------------------------------------------------------
+# whole layers through each path against the reference
+
+# Every case the kernels take, except three AFT ones whose only difference from a kept case is XLA
+# glue shared with the reference (position_bias): aft_full (aft_full-rank and aft_local build w'
+# the same way), aft_local-rank, and 1-D aft_conv (aft_conv-2d runs several groups through the
+# kernel; the AFT kernel tests cover G = 2 under causal masks).  Each case costs a ~10 s compile.
+_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv"}
+KERNEL_CASES = [c for c in CASES if jp.plan(CASES[c], path=INTERP) != "reference" and c not in _GLUE_TWINS]
+XLA_CASES = [c for c in CASES if jp.plan(CASES[c], path="xla", masked=True, platform="gpu") != "reference"]
+
+
+def _layer(spec, path, dtype, causal, masked, batch=3, platform=None):
+    params, x, kpm = inputs(spec, batch=batch, mask=masked)
+    dy = np.random.default_rng(1).standard_normal(x.shape)
+    gold_y = sr.apply(spec, params, x, causal=causal, key_padding_mask=kpm)
+    gold_dx, gold_dp = torch_gold_vjp(spec, params, x, dy, causal, kpm)
+    dt = getattr(jnp, dtype)
+    m = None if kpm is None else jnp.asarray(kpm)
+
+    @jax.jit
+    def run(p, xx, g):
+        y, pull = jax.vjp(lambda a, b: jp.apply(spec, a, b, causal=causal, key_padding_mask=m, path=path,
+                                                block_q=8, block_k=8, platform=platform), p, xx)
+        dp, dx = pull(g)
+        return y, dx, dp
+
+    jparams = {k: jnp.asarray(v, dt) for k, v in params.items()}
+    y, dx, dp = run(jparams, jnp.asarray(x, dt), jnp.asarray(dy, dt))
+    assert y.dtype == dt
+    assert rel_err(y, gold_y) <= TOL[dtype]
+    errs = grad_errors(dx, dp, gold_dx, gold_dp)
+    assert max(errs.values()) <= GRAD_TOL[dtype], errs
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_layer_through_pallas_interpreter(case):
+    spec = CASES[case]
+    two_d = spec.spatial_dims == 2
+    _layer(spec, INTERP, "float32", causal=not two_d, masked=not two_d)
+
+
+@pytest.mark.parametrize("case", ["mixture-flash", "aft_local"])
+def test_layer_through_pallas_interpreter_bfloat16(case):
+    _layer(CASES[case], INTERP, "bfloat16", causal=True, masked=True)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("case", XLA_CASES)
+def test_layer_through_xla_path(case, masked):
+    """The GPU path's rewrites, planned as on a GPU: dot_product_attention runs its XLA form here
+    (cuDNN needs a GPU), so what is checked is the mapping onto it (zero-padded widths, biases,
+    masks, empty rows set to 0) and the random rewrite."""
+    _layer(CASES[case], "xla", "float32", causal=True, masked=masked, platform="gpu")
+
+
+def test_the_kernel_really_runs():
+    """The fused path is not the reference in disguise: its traced program contains the Pallas kernel
+    (by the name given to pallas_call), and the reference's does not."""
+    spec = CASES["dense"]
+    params, x, _ = inputs(spec, batch=1)
+    p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    xx = jnp.asarray(x, jnp.float32)
+    fused = str(jax.make_jaxpr(lambda a, b: jp.apply(spec, a, b, path=INTERP))(p, xx))
+    plain = str(jax.make_jaxpr(lambda a, b: jp.apply(spec, a, b, path="reference"))(p, xx))
+    assert "synth_flash_fwd" in fused and "synth_flash" not in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# TPU lowering without a TPU
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_kernels_lower_for_tpu(dtype):
+    """Each kernel, forward and backward, at TPU-sized tiles (128), lowered to Mosaic for TPU: this
+    runs the Pallas TPU lowering, which rejects block shapes that are not multiples of (8, 128) (or
+    the whole axis) and operations Mosaic cannot express.  It stops before Mosaic's own compiler
+    (part of the TPU runtime), so a TPU must still confirm layouts and VMEM fit."""
+    dt = getattr(jnp, dtype)
+    B, h, l, e = 2, 2, 256, 64
+    v = jnp.ones((B, h, l, e), dt)
+    kb = jnp.zeros((B, 1, 1, l), jnp.float32)
+    rb = jnp.ones((h, l, l), dt)
+    static_k = jnp.ones((1, h, l, e), dt)
+
+    def flash_loss(q, k, v, rb):
+        return flash_attention(v, kb, q=q, k=k, full_bias=rb, causal=True).astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(flash_loss, argnums=(0, 1, 2, 3))).trace(v, static_k, v, rb) \
+        .lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 4  # forward, dq, dk/dv/d key bias, d full bias
+
+    k3 = jnp.ones((B, l, 512), dt)
+    w = jnp.ones((8, l, l), dt)  # 8 groups of 64 channels (aft_conv with 8 heads)
+
+    def aft_loss(k, v, w):
+        return aft_mix(k, v, w, jnp.ones((B, l), bool), causal=True).astype(jnp.float32).sum()
+
+    traced = jax.jit(jax.grad(aft_loss, argnums=(0, 1, 2))).trace(k3, k3, w)
+    text = traced.lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 3  # forward, dk/dv, dw
