@@ -24,7 +24,8 @@ def lint(session):
 
 @nox.session
 def tests(session):
-    session.install(*CONSTRAINTS, "-e", ".[test,torch,triton]", "jax")  # triton: the kernel tests
+    # triton: the kernel tests; jax extra (jax + flax): the NNX module tests
+    session.install(*CONSTRAINTS, "-e", ".[test,torch,triton,jax]")
     session.run("pytest", "tests", *session.posargs)
 
 

@@ -1,0 +1,124 @@
+"""A Flax NNX module for any ``synth_ref.Spec``, holding the canonical parameters.
+
+>>> import jax.numpy as jnp, synth_ref as sr
+>>> from synth_ref.backends.jax_nnx import SynthLayer
+>>> spec = sr.Spec("mixture", d_model=8, n_heads=2, max_len=6, components=("dense", "random"))
+>>> layer = SynthLayer(spec, spec.init(seed=0))
+>>> sorted(layer.params())[:3]
+['b_o', 'b_v', 'dense.b_1']
+>>> layer(jnp.ones((1, 5, 8))).shape
+(1, 5, 8)
+
+Name mapping.  A canonical name is the attribute path of its ``nnx.Param`` joined by '.': plain names
+(``w_v``, ``r``) are attributes of the layer, a mixture's ``"<component>.<name>"`` is attribute
+``<name>`` of a child module stored as attribute ``<component>`` (``layer.random.r``).  So the paths
+``nnx.state(layer, nnx.Param)`` reports, joined by '.', are exactly ``spec.param_shapes()``'s names,
+and checkpoints written by NNX tools carry the canonical names.  This works because no canonical
+name is a Python keyword or an ``nnx.Module`` attribute, and component names never collide with
+the shared names (w_v, b_v, w_o, b_o, mix_logits), which have no '.'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+import synth_ref as sr
+
+from . import jax_pallas
+
+
+class _Component(nnx.Module):
+    """Holds one mixture component's arrays (``layer.<component>.<name>``)."""
+
+
+class SynthLayer(nnx.Module):
+    """One Synthesizer or AFT layer as an NNX module.
+
+    Parameters
+    ----------
+    spec:
+        The layer (:class:`synth_ref.Spec`); kept as a static attribute.
+    params:
+        ``{canonical name: array}`` as ``spec.init(...)`` returns (NumPy or JAX arrays), or None to
+        draw ``spec.init(seed)``.  Cast to ``dtype``.
+    seed:
+        Used only when ``params`` is None.
+    dtype:
+        Parameter dtype name or JAX dtype (``"float32"`` default; ``"float64"`` needs
+        ``jax_enable_x64``).
+    path:
+        Which implementation runs (see :func:`synth_ref.backends.jax_pallas.select_path`);
+        None: chosen by the platform at call time.
+    """
+
+    def __init__(self, spec: sr.Spec, params: dict | None = None, *, seed: int = 0, dtype="float32",
+                 path: str | None = None):
+        if not isinstance(spec, sr.Spec):
+            raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
+        if path is not None:
+            jax_pallas.check_path(path)
+        self.spec = spec
+        self.path = path
+        self.dtype = _dtype(dtype)
+        self.load(spec.init(seed=seed) if params is None else params)
+
+    def load(self, params: dict) -> None:
+        """Replace every parameter with ``params`` (canonical names and shapes, checked)."""
+        import jax.numpy as jnp
+
+        if not isinstance(params, dict):
+            raise TypeError(f"params: expected a dict of arrays; got {type(params).__name__}")
+        want = self.spec.param_shapes()
+        missing = [n for n in want if n not in params]
+        extra = [n for n in params if n not in want]
+        if missing or extra:
+            raise ValueError(f"params: expected exactly the arrays of {self.spec.variant!r} {list(want)}; "
+                             f"missing {missing}, unexpected {extra}")
+        for name, shape in want.items():
+            a = params[name]
+            if tuple(np.shape(a)) != shape:
+                raise ValueError(f"params[{name!r}]: expected shape {shape}; got {tuple(np.shape(a))}")
+            value = jnp.asarray(a, dtype=self.dtype)
+            owner, attr = self._owner(name, create=True)
+            var = getattr(owner, attr, None)
+            if isinstance(var, nnx.Param):
+                var[...] = value
+            else:
+                setattr(owner, attr, nnx.Param(value))
+
+    def params(self) -> dict:
+        """``{canonical name: jax.Array}``, ready for :func:`synth_ref.apply` or ``spec`` tools."""
+        out = {}
+        for name in self.spec.param_shapes():
+            owner, attr = self._owner(name)
+            out[name] = getattr(owner, attr)[...]
+        return out
+
+    def __call__(self, x, *, causal: bool = False, key_padding_mask=None):
+        return jax_pallas.apply(self.spec, self.params(), x, causal=causal,
+                                key_padding_mask=key_padding_mask, path=self.path)
+
+    def _owner(self, name: str, create: bool = False):
+        """(module, attribute) holding canonical ``name``."""
+        if "." not in name:
+            return self, name
+        comp, attr = name.split(".", 1)
+        child = getattr(self, comp, None)
+        if child is None and create:
+            child = _Component()
+            setattr(self, comp, child)
+        return child, attr
+
+
+def _dtype(dtype):
+    import jax
+    import jax.numpy as jnp
+
+    dt = jnp.dtype(dtype)
+    if dt.name not in ("float64", "float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype: expected float64, float32, float16 or bfloat16; got {dtype!r}")
+    if dt.name == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype: float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True) "
+                         "or the jax.enable_x64(True) context); got float64 with it off")
+    return dt
