@@ -12,8 +12,6 @@ import contextlib
 
 import numpy as np
 
-import synth_ref as sr
-
 from ._protocol import import_error_reason
 
 
@@ -35,14 +33,19 @@ def _x64(on: bool):
 
 
 def _apply(spec, causal, params, x, mask):
-    return sr.apply(spec, params, x, causal=causal, key_padding_mask=mask)
+    # Dispatch (jax_pallas, issue 5): the platform picks the reference (CPU), XLA rewrites (GPU) or
+    # Pallas kernels (TPU); SYNTH_REF_JAX_PATH forces one, e.g. pallas_interpret to check the
+    # kernels on CPU.  Read at trace time; the protocol is unchanged.
+    from .jax_pallas import apply
+
+    return apply(spec, params, x, causal=causal, key_padding_mask=mask)
 
 
 def _vjp(spec, causal, params, x, dy, mask):
     jax = _jax()
 
     def f(p, xx):
-        return sr.apply(spec, p, xx, causal=causal, key_padding_mask=mask)
+        return _apply(spec, causal, p, xx, mask)
 
     _, pull = jax.vjp(f, params, x)
     dparams, dx = pull(dy)
@@ -62,7 +65,13 @@ class JaxAdapter:
             backend = jax.default_backend()
         except Exception as exc:  # noqa: BLE001
             return False, import_error_reason("jax", exc)
-        return True, f"jax {jax.__version__} on {backend}"
+        try:  # which implementation path runs (jax_pallas), visible in reports
+            from .jax_pallas import select_path
+
+            path = select_path()
+        except ValueError as exc:  # a bad SYNTH_REF_JAX_PATH
+            return False, str(exc)
+        return True, f"jax {jax.__version__} on {backend}, path {path}"
 
     def _fns(self):
         if self._jitted is None:
