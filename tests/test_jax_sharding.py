@@ -18,6 +18,8 @@ shape is the shape of the data it delivers, so moving (part of) an (l x l) array
 such dimensions unless XLA flattens it first, which the second rule catches.  The sizes are
 chosen so that no other array of these layers has two such dimensions except factorized_dense's
 (B, h, l, a) with a = 5 = l/8: a false alarm there would fail the test loudly, never hide a gather.
+The Pallas path is checked under shard_map over the batch (pallas_call is opaque to XLA's
+sharding propagation, so that is how its kernels scale out): same results as unsharded.
 A control program that does gather an (l x l) array must be flagged, so the matcher is known to
 read this XLA version's HLO syntax.  All-reduces are reported, not forbidden: the gradient of a
 parameter shared by the batch (R, the position bias) is summed over the batch shards, which is
@@ -161,6 +163,29 @@ def _child():
             "fwd_lxl_any": [c for c in collectives(fwd_hlo) if any(moves_lxl(s) for s in c[1])],
         }
 
+    # The Pallas path: pallas_call is opaque to XLA's sharding propagation (it would gather its
+    # operands), so data parallelism goes through shard_map -- each batch shard runs the kernels on
+    # its own rows, parameter gradients are summed over the shards.  Interpreted kernels here.
+    from synth_ref.backends import jax_pallas as jp
+
+    spec = _specs()["dense"]
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in spec.init(seed=1).items()}
+
+    def local(p, xx, m, g):
+        y, pull = jax.vjp(lambda a, b: jp.apply(spec, a, b, causal=True, key_padding_mask=m,
+                                                path="pallas_interpret", block_q=16, block_k=16), p, xx)
+        dp, dx = pull(g)
+        return y, dx, jax.lax.psum(dp, "batch")
+
+    smap = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P("batch")),
+                                 out_specs=(P("batch"), P("batch"), P()), check_vma=False))
+    got = smap(params, x, mask, dy)
+    want = jax.jit(lambda p, xx, m, g: run(p, xx, m, g, spec=spec))(params, x, mask, dy)
+    scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(want))
+    report["_pallas_data_parallel"] = {"max_rel_diff": max(
+        float(jnp.max(jnp.abs(u - v))) / scale
+        for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))}
+
     # control: a program that gathers R (h, l, l) sharded over heads must be flagged
     r = put(jnp.ones((H, L, L)), NamedSharding(mesh, P("heads", None, None)))
     gather = jax.jit(lambda a: jax.lax.with_sharding_constraint(a * 2, NamedSharding(mesh, P())) + 1)
@@ -178,6 +203,7 @@ def test_sharded_matches_unsharded_without_lxl_gathers():
     line = [s for s in proc.stdout.splitlines() if s.startswith("REPORT")][-1]
     report = json.loads(line[len("REPORT"):])
     assert report.pop("_control")["bad"], "the matcher must flag a program that gathers an (l x l) array"
+    assert report.pop("_pallas_data_parallel")["max_rel_diff"] <= 1e-5
     for name, r in report.items():
         # float32, different reduction order across shards: a few ulps of the largest entry
         assert r["max_rel_diff"] <= 1e-5, (name, r["max_rel_diff"])

@@ -22,6 +22,11 @@ Default: ``select_path()`` -- the environment variable ``SYNTH_REF_JAX_PATH`` if
 ``PATHS``), else by platform (TPU: pallas, GPU: xla, CPU and others: reference).  Per call:
 ``apply(..., path=...)``.  :func:`plan` says which implementation a call would run (the visible
 flag): ``"reference"``, ``"xla-sdpa"``, ``"xla-random"``, ``"pallas-flash"`` or ``"pallas-aft"``.
+Sharding: the reference and XLA paths partition under jax.sharding like any jnp code (batch and
+heads; tests/test_jax_sharding.py).  A pallas_call is opaque to XLA's sharding propagation, which
+would gather its operands, so on the Pallas path wrap the layer in ``jax.shard_map`` over the batch
+axis (parameters replicated, their gradients ``psum``-ed over the axis), as that test does.
+
 Variants with no fused form (factorized_dense and mixtures containing it, aft_simple) run the
 reference on every path; so do float16 and float64 on the compiled ``"pallas"`` path.
 """
