@@ -44,6 +44,17 @@ def check_x(spec: Spec, x, xp) -> tuple[int, int]:
     return shape[0], length
 
 
+def _check_same_namespace(what: str, a, x, xp) -> None:
+    """``a`` must be of x's namespace (NumPy arrays are converted before this is asked)."""
+    try:
+        array_namespace(x, a)
+    except TypeError:
+        raise TypeError(
+            f"{what}: expected an array of x's namespace ({xp.__name__}) or NumPy; "
+            f"got {type(a).__module__}.{type(a).__name__}"
+        ) from None
+
+
 def convert_params(spec: Spec, params, x, xp) -> dict:
     """Check names and shapes; bring NumPy arrays to x's namespace, dtype and device."""
     if not isinstance(params, dict):
@@ -67,13 +78,7 @@ def convert_params(spec: Spec, params, x, xp) -> dict:
         elif not is_array_api_obj(a):
             raise TypeError(f"params[{name!r}]: expected an array; got {type(a).__name__}")
         else:
-            try:
-                array_namespace(x, a)
-            except TypeError:
-                raise TypeError(
-                    f"params[{name!r}]: expected an array of x's namespace ({xp.__name__}) or NumPy; "
-                    f"got {type(a).__module__}.{type(a).__name__}"
-                ) from None
+            _check_same_namespace(f"params[{name!r}]", a, x, xp)
             if a.dtype != x.dtype:
                 raise TypeError(f"params[{name!r}]: expected x's dtype {x.dtype}; got {a.dtype}")
         if _shape(a) != shape:
@@ -95,13 +100,7 @@ def convert_mask(spec: Spec, mask, x, xp, batch: int, length: int):
     elif not is_array_api_obj(mask):
         raise TypeError(f"key_padding_mask: expected a boolean array; got {type(mask).__name__}")
     else:
-        try:
-            array_namespace(x, mask)
-        except TypeError:
-            raise TypeError(
-                f"key_padding_mask: expected an array of x's namespace ({xp.__name__}) or NumPy; "
-                f"got {type(mask).__module__}.{type(mask).__name__}"
-            ) from None
+        _check_same_namespace("key_padding_mask", mask, x, xp)
     if mask.dtype != xp.bool:
         raise TypeError(f"key_padding_mask: expected a boolean array; got dtype {mask.dtype}")
     if _shape(mask) != (batch, length):
