@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, mask_args
+from ._common import acc_dtype, mask_args, pairs_in_range
 
 NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
 
@@ -65,9 +65,7 @@ def _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK: tl.constexpr):
 def _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, CAUSAL: tl.constexpr, HAS_W: tl.constexpr,
             ACC: tl.constexpr):
     """(w'[rows, keys], allowed) for one tile: allowed = inside l and, causal, key <= row."""
-    ok = (rows[:, None] < l) & (keys[None, :] < l)
-    if CAUSAL:
-        ok = ok & (keys[None, :] <= rows[:, None])
+    ok = pairs_in_range(rows, keys, l, CAUSAL)
     if HAS_W:
         w = tl.load(w_ptr + g * s_wg + rows[:, None] * s_wt + keys[None, :] * s_wk, mask=ok, other=0.0)
         w = w.to(ACC)

@@ -44,3 +44,12 @@ def mask_args(mask: torch.Tensor | None, like: torch.Tensor):
 
 def grad_or_none(needed: bool, t):
     return t if needed else None
+
+
+@triton.jit
+def pairs_in_range(rows, keys, l, CAUSAL: tl.constexpr):
+    """(rows, keys) tile of pairs inside the sequence and, causal, with key <= row."""
+    ok = (rows[:, None] < l) & (keys[None, :] < l)
+    if CAUSAL:
+        ok = ok & (keys[None, :] <= rows[:, None])
+    return ok

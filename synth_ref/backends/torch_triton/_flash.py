@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, mask_args
+from ._common import NUM_WARPS, acc_dtype, block, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -48,9 +48,7 @@ def _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_m
             ACC: tl.constexpr):
     """S for a (rows, keys) tile, -inf where the pair is not allowed."""
     s = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision="ieee") * scale
-    ok = (rows[:, None] < l) & (keys[None, :] < l)
-    if CAUSAL:
-        ok = ok & (keys[None, :] <= rows[:, None])
+    ok = pairs_in_range(rows, keys, l, CAUSAL)
     if HAS_MASK:
         kp = tl.load(m_ptr + b * s_mb + keys * s_mk, mask=keys < l, other=0)
         ok = ok & (kp[None, :] != 0)

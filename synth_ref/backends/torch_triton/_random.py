@@ -22,16 +22,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, mask_args
+from ._common import NUM_WARPS, acc_dtype, block, mask_args, pairs_in_range
 
 
 @triton.jit
 def _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
     """R[hh, rows, keys] with -inf where the pair is not allowed (outside l, causal, padding)."""
-    ok = (rows[:, None] < l) & (keys[None, :] < l)
-    if CAUSAL:
-        ok = ok & (keys[None, :] <= rows[:, None])
+    ok = pairs_in_range(rows, keys, l, CAUSAL)
     if HAS_MASK:
         kp = tl.load(m_ptr + g * s_mb + keys * s_mk, mask=keys < l, other=0)
         ok = ok & (kp[None, :] != 0)
