@@ -247,20 +247,7 @@ class Spec:
     def flops(self, batch: int, length: int) -> int:
         """Forward FLOPs of the canonical math (a multiply-add counts 2; cheap elementwise work
         is not counted except where it is the work, as in AFT's windowed sums)."""
-        B, l, d, h, e = batch, length, self.d_model, self.n_heads, self.head_dim
-        n_proj = 4 if self.family == "aft" else 2
-        total = n_proj * 2 * B * l * d * d
-        if self.family == "softmax":
-            for c in self.components_used:
-                total += _logit_flops(self, c, B, l)
-            total += 2 * B * h * l * l * e  # P V
-            return total
-        if self.variant == "aft_full":
-            return total + 4 * B * l * l * d  # exp(w) (exp(K) V) and exp(w) exp(K)
-        if self.variant == "aft_simple":
-            return total + 4 * B * l * d
-        s = 2 * self.window - 1 if self.variant == "aft_local" else self.kernel_size ** self.spatial_dims
-        return total + 4 * B * l * d + 4 * B * l * min(s, l) * d  # global sums + windowed correction
+        return flops_of(self, batch, length)
 
     def memory(self, batch: int, length: int, itemsize: int = 4) -> dict[str, int]:
         """Bytes: ``parameters``; ``materialized``, the largest intermediate of a plain
@@ -288,3 +275,23 @@ def _logit_flops(spec: Spec, comp: str, B: int, l: int) -> int:
         return 2 * h * l * l * spec.k
     a, b = spec.factors  # factorized_dense
     return 2 * B * l * d * d + 2 * B * l * d * (a + b) + B * h * l * l
+
+
+def flops_of(spec, batch, length, *, minimum=min):
+    """:meth:`Spec.flops`, for any ``spec`` with a Spec's attributes.  ``minimum`` is the one
+    non-arithmetic step (AFT's window clipped to the length): the docs pass SymPy's ``Min`` and
+    symbols for the sizes to print the count as a formula from this same code."""
+    B, l, d, h, e = batch, length, spec.d_model, spec.n_heads, spec.head_dim
+    n_proj = 4 if spec.family == "aft" else 2
+    total = n_proj * 2 * B * l * d * d
+    if spec.family == "softmax":
+        for c in spec.components_used:
+            total += _logit_flops(spec, c, B, l)
+        total += 2 * B * h * l * l * e  # P V
+        return total
+    if spec.variant == "aft_full":
+        return total + 4 * B * l * l * d  # exp(w) (exp(K) V) and exp(w) exp(K)
+    if spec.variant == "aft_simple":
+        return total + 4 * B * l * d
+    s = 2 * spec.window - 1 if spec.variant == "aft_local" else spec.kernel_size ** spec.spatial_dims
+    return total + 4 * B * l * d + 4 * B * l * minimum(s, l) * d  # global sums + windowed correction

@@ -8,7 +8,6 @@ can never show a formula the code does not compute.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import fields
 
@@ -72,30 +71,13 @@ def values(spec: sr.Spec, batch: int | None = None, length: int | None = None) -
     return sub
 
 
-@contextlib.contextmanager
-def _symbolic_min():
-    """``Spec.flops`` takes ``min(window, l)``; Python's ``min`` cannot order two symbols, so
-    while formulas are read the module's global name ``min`` is SymPy's ``Min`` (restored after)."""
-    had = "min" in vars(_spec_module)
-    old = vars(_spec_module).get("min")
-    _spec_module.min = sp.Min
-    try:
-        yield
-    finally:
-        if had:
-            _spec_module.min = old
-        else:
-            del _spec_module.min
-
-
 def formulas(spec: sr.Spec) -> dict:
     """Formulas (SymPy expressions) of everything ``Spec`` reports, in the symbols of :data:`SYMBOLS`.
 
     ``memory`` is in elements (``itemsize=1``): multiply by the dtype's size in bytes.
     """
     sym = symbolic(spec)
-    with _symbolic_min():
-        flops = sp.expand(sym.flops(B, l))
+    flops = sp.expand(_spec_module.flops_of(sym, B, l, minimum=sp.Min))
     return {
         "shapes": sym.param_shapes(),
         "param_count": sp.expand(sym.param_count()),
