@@ -53,19 +53,24 @@ def bench(session):
 # an unavailable backend is recorded and the session skipped with the reason.
 # SYNTH_REF_PROFILE=deep selects the deep profile (default: the derandomized ci profile).
 
-CONFORMANCE_BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "torch-cuda", "cupy"]
+CONFORMANCE_BACKENDS = ["numpy", "array_api_strict", "torch", "torch-triton-interpret", "jax",
+                        "jax-pallas-interpret", "torch-cuda", "cupy"]
 # backend -> (extras of this project, further packages); torch wherever gradients are checked:
 # gradient gold is torch autograd in float64 on CPU (the CPU build on disk, via the constraints)
 CONFORMANCE_DEPS = {
     "numpy": ("test", ()),
     "array_api_strict": ("test", ()),
     "torch": ("test,torch", ()),
+    "torch-triton-interpret": ("test,torch,triton", ("pytest-xdist",)),
     "torch-cuda": ("test,torch", ()),
     "jax": ("test,torch", ("jax", "pytest-xdist")),
+    "jax-pallas-interpret": ("test,torch", ("jax", "pytest-xdist")),
     "cupy": ("test,cupy", ()),
 }
-# jax compiles every shape twice (apply, vjp): spread it over the cores
-CONFORMANCE_WORKERS = {"jax": "auto"}
+# jax compiles every shape twice (apply, vjp), the interpreters are slow: spread them over the cores
+CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-triton-interpret": "auto"}
+# Triton decides at import whether its kernels are interpreted (the kernels' CPU path)
+CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}}
 NEEDS_NVIDIA = ("torch-cuda", "cupy")
 SELFTEST_IN = "jax"  # the session whose environment has every CPU framework
 
@@ -89,7 +94,8 @@ def conformance(session, backend):
         session.skip(reason)
     extras, packages = CONFORMANCE_DEPS[backend]
     session.install(*CONSTRAINTS, "-e", f".[{extras}]", *packages)
-    probe = session.run(*cli[:5], "--probe", silent=True)
+    env = CONFORMANCE_ENV.get(backend, {})
+    probe = session.run(*cli[:5], "--probe", silent=True, env=env)
     info = json.loads(str(probe).strip().splitlines()[-1])
     if not info["available"]:
         session.run(*cli, "--unavailable", info["reason"])
@@ -101,4 +107,4 @@ def conformance(session, backend):
         session.run("pytest", "conformance", "--ignore=conformance/test_conformance.py", "-q",
                     "-p", "no:cacheprovider")
     session.run(*cli, *(["-n", workers] if workers else []), "--", *session.posargs,
-                env={"SYNTH_REF_JAX_CACHE": str(cache)})
+                env={"SYNTH_REF_JAX_CACHE": str(cache), **env})

@@ -13,7 +13,8 @@ import synth_ref as sr
 from synth_ref import backends
 from synth_ref.backends import DTYPES, check_adapter
 
-BUILTIN = ("numpy", "array_api_strict", "torch", "torch-cuda", "jax", "cupy")
+BUILTIN = ("numpy", "array_api_strict", "torch", "torch-triton-interpret", "torch-cuda", "jax",
+           "jax-pallas-interpret", "cupy")
 
 
 def test_names_lists_every_builtin():

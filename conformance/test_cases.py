@@ -127,3 +127,32 @@ def test_drawn_cases_are_valid():
         assert case.spec.max_len >= case.length
 
     check()
+
+
+def test_sensitivity_perturbs_by_one_unit_roundoff_and_widens_only_ill_conditioned_cases():
+    from synth_ref.conformance import gold as G
+    from synth_ref.conformance.tolerances import UNIT_ROUNDOFF, tolerance
+
+    spec = sr.Spec("dot_product", d_model=12, n_heads=1, max_len=12)
+    calm = C.Case(spec, batch=2, shape=(12,), causal=True, mask="all_but_one", values="normal", seed=18)
+    steep = C.Case(spec, batch=2, shape=(12,), causal=True, mask="all_but_one", values="large", seed=18)
+    inp = C.make_inputs(steep, "float32")
+    p1, p2 = G._perturbed(inp, 0), G._perturbed(inp, 0)
+    for a, b, c in [(inp.x, p1.x, p2.x), (inp.dy, p1.dy, p2.dy)] + [
+            (inp.params[n], p1.params[n], p2.params[n]) for n in inp.params]:
+        rel = np.abs(b - a) / np.maximum(np.abs(a), 1e-300)
+        assert rel.max() <= UNIT_ROUNDOFF["float32"] and rel.max() > 0.1 * UNIT_ROUNDOFF["float32"]
+        assert np.array_equal(b, c)  # deterministic per (case, dtype, draw)
+    assert not np.array_equal(G._perturbed(inp, 1).x, p1.x)
+    sens = {}
+    for c in (calm, steep):
+        i = C.make_inputs(c, "float32")
+        sens[c.values] = G.forward_sensitivity(i, G.gold_forward(i))
+    floor = TOLERANCES["float32"].forward
+    # logits of size ~100: one rounding moves the output by ~1e-6..1e-5, above what the floor covers
+    # at 5x; an O(1) case stays far below the floor, so the floor still decides there
+    assert 5 * sens["large"] > floor > 5 * sens["normal"]
+    assert tolerance("float32", "forward", 1e-7, sens["large"]) == 5 * sens["large"]
+    assert tolerance("float32", "forward", 1e-7, None) == floor
+    vs = G.vjp_sensitivity(inp, *G.gold_vjp(inp))
+    assert set(vs) == {"dx", *inp.params} and all(v > 0 for v in vs.values())

@@ -52,8 +52,10 @@ BUILTIN = {
     "numpy": "synth_ref.backends.numpy:adapter",
     "array_api_strict": "synth_ref.backends.array_api_strict:adapter",
     "torch": "synth_ref.backends.torch:adapter",
+    "torch-triton-interpret": "synth_ref.backends.torch:interpret_adapter",
     "torch-cuda": "synth_ref.backends.torch:cuda_adapter",
     "jax": "synth_ref.backends.jax:adapter",
+    "jax-pallas-interpret": "synth_ref.backends.jax:pallas_interpret_adapter",
     "cupy": "synth_ref.backends.cupy:adapter",
 }
 

@@ -1,4 +1,9 @@
-"""JAX adapter: the reference under ``jax.jit`` on JAX's default device; ``vjp`` by ``jax.vjp``.
+"""JAX adapters: the layer under ``jax.jit`` on JAX's default device; ``vjp`` by ``jax.vjp``.
+
+``jax`` takes the platform's path (:mod:`.jax_pallas`: the reference on CPU, XLA rewrites on GPU,
+Pallas on TPU; ``SYNTH_REF_JAX_PATH`` overrides).  ``jax-pallas-interpret`` always takes the Pallas
+kernels under Pallas's interpreter (path ``pallas_interpret``): how CI certifies the TPU kernels on
+CPU.  Variants no kernel covers run the reference on either (``jax_pallas.plan`` says which).
 
 float64: JAX truncates to float32 unless ``jax_enable_x64`` is on.  This adapter does not flip that
 switch process-wide; it enters the ``jax.enable_x64(True)`` context only around the calls that
@@ -32,20 +37,20 @@ def _x64(on: bool):
     return enable(True)
 
 
-def _apply(spec, causal, params, x, mask):
+def _apply(spec, causal, path, params, x, mask):
     # Dispatch (jax_pallas, issue 5): the platform picks the reference (CPU), XLA rewrites (GPU) or
     # Pallas kernels (TPU); SYNTH_REF_JAX_PATH forces one, e.g. pallas_interpret to check the
     # kernels on CPU.  Read at trace time; the protocol is unchanged.
     from .jax_pallas import apply
 
-    return apply(spec, params, x, causal=causal, key_padding_mask=mask)
+    return apply(spec, params, x, causal=causal, key_padding_mask=mask, path=path)
 
 
-def _vjp(spec, causal, params, x, dy, mask):
+def _vjp(spec, causal, path, params, x, dy, mask):
     jax = _jax()
 
     def f(p, xx):
-        return _apply(spec, causal, p, xx, mask)
+        return _apply(spec, causal, path, p, xx, mask)
 
     _, pull = jax.vjp(f, params, x)
     dparams, dx = pull(dy)
@@ -53,10 +58,11 @@ def _vjp(spec, causal, params, x, dy, mask):
 
 
 class JaxAdapter:
-    name = "jax"
     dtypes = ("float64", "float32", "float16", "bfloat16")
 
-    def __init__(self):
+    def __init__(self, name="jax", path=None):
+        self.name = name
+        self.path = path  # a jax_pallas path, or None: the platform's (or SYNTH_REF_JAX_PATH's)
         self._jitted = None
 
     def available(self):
@@ -68,7 +74,7 @@ class JaxAdapter:
         try:  # which implementation path runs (jax_pallas), visible in reports
             from .jax_pallas import select_path
 
-            path = select_path()
+            path = select_path(self.path)
         except ValueError as exc:  # a bad SYNTH_REF_JAX_PATH
             return False, str(exc)
         return True, f"jax {jax.__version__} on {backend}, path {path}"
@@ -76,7 +82,8 @@ class JaxAdapter:
     def _fns(self):
         if self._jitted is None:
             jax = _jax()
-            self._jitted = (jax.jit(_apply, static_argnums=(0, 1)), jax.jit(_vjp, static_argnums=(0, 1)))
+            static = (0, 1, 2)  # spec, causal, path
+            self._jitted = (jax.jit(_apply, static_argnums=static), jax.jit(_vjp, static_argnums=static))
         return self._jitted
 
     def from_numpy(self, array, dtype=None):
@@ -94,11 +101,12 @@ class JaxAdapter:
 
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
         with _x64(x.dtype.name == "float64"):
-            return self._fns()[0](spec, bool(causal), params, x, key_padding_mask)
+            return self._fns()[0](spec, bool(causal), self.path, params, x, key_padding_mask)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
         with _x64(x.dtype.name == "float64"):
-            return self._fns()[1](spec, bool(causal), params, x, dy, key_padding_mask)
+            return self._fns()[1](spec, bool(causal), self.path, params, x, dy, key_padding_mask)
 
 
 adapter = JaxAdapter()
+pallas_interpret_adapter = JaxAdapter("jax-pallas-interpret", "pallas_interpret")

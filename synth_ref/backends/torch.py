@@ -1,9 +1,15 @@
-"""PyTorch adapters: the reference on torch tensors, CPU (``torch``) and CUDA (``torch-cuda``).
+"""PyTorch adapters: CPU (``torch``), CUDA (``torch-cuda``) and the Triton kernels in Triton's
+interpreter on CPU (``torch-triton-interpret``).
 
 ``apply`` and ``vjp`` go through :func:`synth_ref.backends.torch_triton.layer_forward`: a fused
 Triton kernel where one covers the case, the reference otherwise (``adapter.last_path`` says which).
 ``vjp`` differentiates it with autograd.  torch is imported on first use, never when
 this module is imported.
+
+``torch-triton-interpret`` is how CI certifies the kernels without a GPU: it needs
+``TRITON_INTERPRET=1`` in the environment before anything imports triton (nox sets it), claims the
+interpreter path's dtypes (float64, float32), and raises if a case that a kernel covers ran the
+reference instead -- so a pass of that backend is a pass of the kernels, not of the fallback.
 """
 
 from __future__ import annotations
@@ -22,9 +28,15 @@ def _torch():
 class TorchAdapter:
     dtypes = ("float64", "float32", "float16", "bfloat16")
 
-    def __init__(self, device="cpu", name="torch"):
+    def __init__(self, device="cpu", name="torch", *, interpret=False):
         self.device = device
         self.name = name
+        self.interpret = interpret  # the kernels in Triton's interpreter, or an error
+        self.last_path = None
+        if interpret:
+            from .torch_triton import INTERPRETER_DTYPES
+
+            self.dtypes = INTERPRETER_DTYPES
 
     def available(self):
         try:
@@ -40,6 +52,13 @@ class TorchAdapter:
                 why = "no CUDA device (torch.cuda.is_available() is False)"
                 return False, f"torch {torch.__version__}: {why}"
             return True, f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}"
+        if self.interpret:
+            from .torch_triton import interpreter_state
+
+            ok, why = interpreter_state()
+            if not ok:
+                return False, why
+            return True, f"torch {torch.__version__} on cpu, Triton kernels interpreted"
         return True, f"torch {torch.__version__} on cpu"
 
     def from_numpy(self, array, dtype=None):
@@ -60,9 +79,12 @@ class TorchAdapter:
         # Issue 4: fused Triton kernels where one covers the case (CUDA tensors; CPU tensors only
         # under TRITON_INTERPRET=1), the reference sr.apply otherwise.  self.last_path records which
         # ran ("triton:<kernel>" or "eager: <why>").  The adapter protocol is unchanged.
-        from .torch_triton import layer_forward
+        from .torch_triton import kernel_name, layer_forward
 
         y, self.last_path = layer_forward(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        if self.interpret and kernel_name(spec) is not None and not self.last_path.startswith("triton:"):
+            raise RuntimeError(f"{self.name}: kernel {kernel_name(spec)!r} covers {spec.variant!r} but "
+                               f"the reference ran ({self.last_path})")
         return y
 
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
@@ -84,3 +106,4 @@ class TorchAdapter:
 
 adapter = TorchAdapter("cpu", "torch")
 cuda_adapter = TorchAdapter("cuda", "torch-cuda")
+interpret_adapter = TorchAdapter("cpu", "torch-triton-interpret", interpret=True)

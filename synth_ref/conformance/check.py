@@ -68,12 +68,22 @@ def _gold_vjp(case: Case, dtype: str):
     return g.gold_vjp(_inputs(case, dtype))
 
 
-def _compare(name, out, gold, ref, dtype, kind):
+@functools.lru_cache(maxsize=64)
+def _forward_sensitivity(case: Case, dtype: str) -> float:
+    return g.forward_sensitivity(_inputs(case, dtype), _gold_forward(case, dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _vjp_sensitivity(case: Case, dtype: str) -> dict:
+    return g.vjp_sensitivity(_inputs(case, dtype), *_gold_vjp(case, dtype))
+
+
+def _compare(name, out, gold, ref, dtype, kind, sensitivity=None):
     """(ok, err, tol, detail) for one array."""
     if out.shape != gold.shape:
         return False, float("inf"), 0.0, f"{name}: shape {out.shape}, expected {gold.shape}"
     ref_err = None if ref is None else float(np.max(np.abs(ref - gold), initial=0.0))
-    tol = tolerance(dtype, kind, ref_err)
+    tol = tolerance(dtype, kind, ref_err, sensitivity)
     finite = np.isfinite(gold)
     if not np.all(np.isfinite(out[finite])):
         bad = int(np.sum(~np.isfinite(out[finite])))
@@ -146,8 +156,12 @@ def check_forward(adapter, case: Case, dtype: str) -> Outcome:
         out = np.asarray(adapter.to_numpy(y), dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - an adapter that raises fails the check
         return _error(adapter, case, dtype, "forward", exc)
-    ref, where = (None, "") if dtype == "float64" else g.reference_forward(inp, p, x, mask)
-    res = _compare("y", out, gold, ref, dtype, "forward")
+    if dtype == "float64":
+        ref, where, sens = None, "", None
+    else:
+        ref, where = g.reference_forward(inp, p, x, mask)
+        sens = _forward_sensitivity(case, dtype)
+    res = _compare("y", out, gold, ref, dtype, "forward", sens)
     return _outcome(adapter, case, dtype, "forward", [("y", *res)], where)
 
 
@@ -184,12 +198,13 @@ def check_gradient(adapter, case: Case, dtype: str) -> Outcome:
             blame="adapter",
         )
     if dtype == "float64":
-        rdx, rdp, where = None, {}, ""
+        rdx, rdp, where, sens = None, {}, "", {}
     else:
         rdx, rdp, where = g.reference_vjp(inp, p, x, dy, mask)
-    results = [("dx", *_compare("dx", dx, gdx, rdx, dtype, "gradient"))]
+        sens = _vjp_sensitivity(case, dtype)
+    results = [("dx", *_compare("dx", dx, gdx, rdx, dtype, "gradient", sens.get("dx")))]
     for n in inp.params:
-        results.append((n, *_compare(n, dp[n], gdp[n], rdp.get(n), dtype, "gradient")))
+        results.append((n, *_compare(n, dp[n], gdp[n], rdp.get(n), dtype, "gradient", sens.get(n))))
     return _outcome(adapter, case, dtype, "gradient", results, where)
 
 

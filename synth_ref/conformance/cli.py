@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     if args.list:
         for n in backends.names():
             ok, why = backends.available(n)
-            print(f"{n:<18} {'available' if ok else 'unavailable'}  {why}")
+            print(f"{n:<24} {'available' if ok else 'unavailable'}  {why}")
         return 0
     if args.probe:
         for n in args.backend or ["numpy"]:

@@ -6,12 +6,15 @@
   central finite differences of the NumPy reference by :func:`finite_difference_check`;
 * ``ref_dtype``: the reference run on the backend's own arrays in the checked dtype (torch autograd
   or jax.vjp for its gradient); where the adapter's arrays are of no namespace the reference runs
-  on, the reference on torch CPU in that dtype stands in (the report says so).
+  on, the reference on torch CPU in that dtype stands in (the report says so);
+* sensitivity: gold on inputs perturbed by one unit roundoff (``tolerances`` says why).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import zlib
 
 import numpy as np
 
@@ -113,6 +116,41 @@ def gold_vjp(inp: Inputs) -> tuple[np.ndarray, dict]:
         torch, c.spec, {n: t(a) for n, a in inp.params.items()}, t(inp.x), t(inp.dy), c.causal, mask
     )
     return dx.numpy(), {n: g.numpy() for n, g in dp.items()}
+
+
+def _perturbed(inp: Inputs, draw: int) -> Inputs:
+    """``inp`` with x, every parameter and dy multiplied by (1 + u U[-1, 1]), u the unit roundoff
+    of its dtype; deterministic per (case, dtype, draw)."""
+    from .tolerances import UNIT_ROUNDOFF
+
+    u = UNIT_ROUNDOFF[inp.dtype]
+    rng = np.random.default_rng([inp.case.seed, zlib.crc32(f"{inp.case.id}/{inp.dtype}".encode()), draw])
+
+    def jiggle(a):
+        return a * (1.0 + u * rng.uniform(-1.0, 1.0, a.shape))
+
+    return dataclasses.replace(inp, x=jiggle(inp.x), dy=jiggle(inp.dy),
+                               params={n: jiggle(a) for n, a in inp.params.items()})
+
+
+def forward_sensitivity(inp: Inputs, gold: np.ndarray) -> float:
+    """max|gold(perturbed inputs) - gold| over the draws (see ``tolerances``)."""
+    from .tolerances import SENSITIVITY_DRAWS
+
+    return max(float(np.max(np.abs(gold_forward(_perturbed(inp, k)) - gold), initial=0.0))
+               for k in range(SENSITIVITY_DRAWS))
+
+
+def vjp_sensitivity(inp: Inputs, gdx: np.ndarray, gdp: dict) -> dict:
+    """Array name ("dx" or a parameter) -> max|gold gradient(perturbed inputs) - gold gradient|."""
+    from .tolerances import SENSITIVITY_DRAWS
+
+    out = dict.fromkeys(["dx", *gdp], 0.0)
+    for k in range(SENSITIVITY_DRAWS):
+        dx, dp = gold_vjp(_perturbed(inp, k))
+        for n, (a, b) in {"dx": (dx, gdx), **{m: (dp[m], gdp[m]) for m in gdp}}.items():
+            out[n] = max(out[n], float(np.max(np.abs(a - b), initial=0.0)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

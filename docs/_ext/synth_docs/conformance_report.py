@@ -165,13 +165,17 @@ def tolerance_section() -> list[str]:
         return [f"The tolerance table is not available to the docs ({md.text(exc)}).\n"]
     rule = (r"\max\lvert \mathrm{out} - \mathrm{gold} \rvert \;\le\; "
             r"\max\left(\mathrm{floor}_{\mathrm{dtype}},\; "
-            rf"{tol.REF_FACTOR:g} \max\lvert \mathrm{{ref}}_{{\mathrm{{dtype}}}} - "
-            r"\mathrm{gold} \rvert\right)")
+            rf"{tol.REF_FACTOR:g} \max\left(\max\lvert \mathrm{{ref}}_{{\mathrm{{dtype}}}} - "
+            r"\mathrm{gold} \rvert,\; \mathrm{sensitivity}\right)\right)")
     rows = [[md.code(name), f"{f.forward:g}", f"{f.gradient:g}", md.text(f.why)]
             for name, f in tol.TOLERANCES.items()]
     return ["A check passes when, for every output array (y; or dx and each parameter's gradient),\n",
             md.math_block(rule),
             "and the output has no NaN or Inf where gold is finite.  ref_dtype is the reference itself "
-            "run in the checked dtype on the checked backend.  The floors, from "
+            "run in the checked dtype on the checked backend; sensitivity is the largest change of gold "
+            f"over {tol.SENSITIVITY_DRAWS} copies of the inputs each multiplied elementwise by "
+            "(1 + u U[-1, 1]), u the dtype's unit roundoff: what one rounding of every input does to "
+            "the exact result, so that a reference that happens to be more exact than float rounding "
+            "guarantees on an ill-conditioned case does not fail a sound kernel.  The floors, from "
             "`synth_ref.conformance.tolerances.TOLERANCES`:\n",
             md.table(["dtype", "forward floor", "gradient floor", "why"], rows)]

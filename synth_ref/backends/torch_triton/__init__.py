@@ -42,6 +42,20 @@ def _triton_state():
     return True, _kernels.INTERPRETED, ""
 
 
+def interpreter_state() -> tuple[bool, str]:
+    """(ok, why not): whether CPU tensors can run the kernels here (Triton's interpreter, set up
+    before triton's first import).  Imports triton; call it only where that is wanted."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False, "TRITON_INTERPRET=1 is not set (set it before anything imports triton)"
+    ok, interpreted, why = _triton_state()
+    if not ok:
+        return False, why
+    if not interpreted:
+        return False, ("triton or the kernels were imported before TRITON_INTERPRET=1 took effect "
+                       "(torch._dynamo imports triton)")
+    return True, ""
+
+
 def choose(spec, x, kernels: str = "auto") -> tuple[str | None, str]:
     """(kernel name or None, why): the decision :func:`layer_forward` takes, without running it."""
     if kernels not in KERNEL_MODES:
@@ -63,13 +77,8 @@ def choose(spec, x, kernels: str = "auto") -> tuple[str | None, str]:
         return None, "CPU tensor (kernels run on CPU only under TRITON_INTERPRET=1)"
     if dtype not in INTERPRETER_DTYPES:
         return None, f"the interpreter path is tested in {INTERPRETER_DTYPES}; got {dtype}"
-    ok, interpreted, why = _triton_state()
-    if not ok:
-        return None, why
-    if not interpreted:
-        return None, ("CPU tensor, but triton or the kernels were imported without TRITON_INTERPRET=1 "
-                      "(set it before anything imports triton; torch._dynamo does)")
-    return name, ""
+    ok, why = interpreter_state()
+    return (name, "") if ok else (None, f"CPU tensor, but {why}")
 
 
 def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_mask=None,
