@@ -27,21 +27,12 @@ extern "C" __global__ void aft_fwd(
     const scalar_t* wrow = w + ((long long)(c / (d / G)) * l + t) * l;
     const int stop = causal ? t + 1 : l;
     bool any = false;
-    scalar_t m = 0, den = 0, num = 0;
+    scalar_t m = sr_lowest(scalar_t(0)), den = 0, num = 0;
     for (int j = 0; j < stop; ++j) {
       if (has_kpm && !kpm[b * l + j]) continue;
       const long long kj = (b * l + j) * d + c;
-      const scalar_t z = k[kj] + (has_w ? wrow[j] : scalar_t(0));
-      const scalar_t val = v[kj];
-      if (!any) {
-        m = z; den = 1; num = val; any = true;
-      } else if (z > m) {  // a new maximum: rescale what was summed so far
-        const scalar_t sc = sr_exp(m - z);
-        den = den * sc + 1; num = num * sc + val; m = z;
-      } else {
-        const scalar_t e = sr_exp(z - m);
-        den += e; num += e * val;
-      }
+      any = true;
+      sr_add(m, den, num, k[kj] + (has_w ? wrow[j] : scalar_t(0)), 1, v[kj]);
     }
     r[i] = any ? num / den : scalar_t(0);
     lse[i] = any ? m + sr_log(den) : scalar_t(0);

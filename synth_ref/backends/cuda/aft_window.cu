@@ -14,27 +14,6 @@
 // Scan states are (3, B, l + 1, d) arrays: [0] max, [1] sum, [2] second sum.
 #include "sr_math.cuh"
 
-SR_DEV void sr_add(scalar_t& m, scalar_t& s1, scalar_t& s2, scalar_t z, scalar_t x1, scalar_t x2) {
-  // one term exp(z) * (x1, x2) into a state whose sums are scaled by exp(-m); m = lowest when empty
-  if (z > m) {
-    const scalar_t sc = sr_exp(m - z);
-    s1 = s1 * sc + x1; s2 = s2 * sc + x2; m = z;
-  } else {
-    const scalar_t e = sr_exp(z - m);
-    s1 += e * x1; s2 += e * x2;
-  }
-}
-
-SR_DEV void sr_merge(scalar_t& m, scalar_t& s1, scalar_t& s2, scalar_t m2, scalar_t t1, scalar_t t2) {
-  if (m2 > m) {
-    const scalar_t sc = sr_exp(m - m2);
-    s1 = s1 * sc + t1; s2 = s2 * sc + t2; m = m2;
-  } else {
-    const scalar_t sc = sr_exp(m2 - m);
-    s1 += t1 * sc; s2 += t2 * sc;
-  }
-}
-
 SR_DEV scalar_t sr_band_w(const scalar_t* table, long long sg, long long st, long long sk, long long base,
                           int g, int t, int j) {
   return table[g * sg + t * st + j * sk + base];
