@@ -22,13 +22,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _cases():
+def _cases(dtype):
     import triton.language as tl
 
     from synth_ref.backends.torch_triton import _aft, _common, _flash, _random
 
     flags = dict(CAUSAL=True, HAS_MASK=True, ACC=tl.float32)
-    flash = dict(flags, HAS_KB=True, HAS_FB=True, BM=64, BK=32, BD=64, BE=64)
+    flash = dict(flags, HAS_KB=True, HAS_FB=True, HAS_QK=True, HAS_FD=True, FD_TILE=False,
+                 BM=64, BK=32, BD=64, BE=64)
+    # factorized_dense alone: no product term, the "tile" column map.  Its pointer types are those of
+    # the full flash case above, so one dtype suffices (each compile costs CI seconds).
+    fdense = dict(flash, HAS_KB=False, HAS_FB=False, HAS_QK=False, FD_TILE=True)
     rand = dict(flags, BM=64, BN=64, BK=64)
     aft = dict(flags, HAS_W=True, BT=_aft.BT, BN=_aft.BN)
     nw = _common.NUM_WARPS
@@ -38,13 +42,15 @@ def _cases():
         (_random._bwd_dr, rand, set(), nw),
         (_flash._fwd, flash, set(), nw),
         (_flash._bwd_dkv, flash, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
-        (_flash._bwd_dq, flash, {"dq_ptr"}, nw),
+        (_flash._bwd_dq, flash, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw),
         (_flash._bwd_dfb, flash, {"dfb_ptr"}, nw),
         (_aft._fwd, aft, set(), 4),
         (_aft._bwd_dkv, aft, set(), 4),
         (_aft._bwd_dw, dict(aft, DIAG=False), {"dw_ptr"}, 4),
         (_aft._bwd_dw, dict(aft, DIAG=True), {"dw_ptr"}, 4),
-    ]
+    ] + ([(_flash._fwd, fdense, set(), nw),
+          (_flash._bwd_dkv, fdense, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
+          (_flash._bwd_dq, fdense, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw)] if dtype == "bf16" else [])
 
 
 def _signature(kernel, dtype, consts, fp32_ptrs):
@@ -74,7 +80,7 @@ def test_every_kernel_compiles_for_sm90(dtype):
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", 90, 32)
-    for kernel, consts, fp32_ptrs, warps in _cases():
+    for kernel, consts, fp32_ptrs, warps in _cases(dtype):
         src = ASTSource(fn=kernel, signature=_signature(kernel, dtype, consts, fp32_ptrs), constexprs=consts)
         compiled = triton.compile(src, target=target, options={"num_warps": warps})
         assert compiled.asm.get("cubin"), f"{kernel.fn.__module__}.{kernel.fn.__name__}: no cubin"

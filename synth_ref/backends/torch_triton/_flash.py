@@ -1,20 +1,26 @@
-"""Flash-style softmax mixing for every logit that is a product plus biases:
+"""Flash-style softmax mixing for every logit that is a product, a gathered product, plus biases:
 
-    S[b, h, t, t'] = scale * Q[b, h, t] . K[b, h, t'] + kb[h, t'] + fb[h, t, t'],   O = softmax(S) V
+    S[b, h, t, t'] = scale * Q[b, h, t] . K[b, h, t'] + GA[b, h, t, p(t')] * GB[b, h, t, q(t')]
+                     + kb[h, t'] + fb[h, t, t'],                               O = softmax(S) V
 
-never storing S or P.  One kernel family covers several variants by what it is handed:
+never storing S or P.  One kernel family covers several variants by what it is handed (every term
+optional, each behind a constexpr flag):
 - dot_product: Q, K the projected queries and keys, scale 1/sqrt(e);
 - dense: Q = relu(x w_1 + b_1) per head, K = w_2[:, :, :l]^T -- learned static keys shared by the
   batch (batch stride 0) -- and kb = b_2[:, :l];
 - factorized_random: Q = r_1[:, :l], K = r_2[:, :l], both shared by the batch;
+- factorized_dense: GA = A = H w_a + b_a (B, h, l, a), GB = Bf = H w_b + b_b (B, h, l, b), read
+  tile by tile at the columns p(t'), q(t') = t' // b, t' % b (tiling "outer") or t' % a, t' % b
+  ("tile"); no Q, K.  This is not a dot product: each row picks its own pair of entries per key;
 - a mixture of these: the components' Q and K concatenated along features, each Q scaled by its
-  weight alpha_c, kb the dense component's alpha * b_2, and fb = alpha * R for a random component
-  (R shared by the batch, read tile by tile).
+  weight alpha_c, GA the factorized_dense component's alpha * A, kb the dense component's
+  alpha * b_2, and fb = alpha * R for a random component (R shared by the batch, read tile by tile).
 
 Kernels: ``_fwd`` (online softmax over key blocks; stores O and the row log-sum-exp), ``_bwd_dkv``
-(per key block: dK, dV and the key-bias gradient per batch element), ``_bwd_dq`` (per row block),
-``_bwd_dfb`` (per (row, key) tile, summing over the batch inside the kernel: the gradient of the
-shared bias fb never exists per batch element).
+(per key block: dK, dV and the key-bias gradient per batch element), ``_bwd_dq`` (per row block:
+dQ, and dGA, dGB scattered into their columns with atomic adds -- several keys of a tile share a
+column, and only this program touches these rows), ``_bwd_dfb`` (per (row, key) tile, summing over
+the batch inside the kernel: the gradient of the shared bias fb never exists per batch element).
 """
 
 from __future__ import annotations
@@ -42,12 +48,35 @@ def _store_rows(ptr, s_b, s_h, s_t, s_d, b, hh, rows, l, D, val, BD: tl.constexp
 
 
 @triton.jit
+def _gathered(ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
+              b, hh, rows, keys, ok, FD_TILE: tl.constexpr):
+    """(GA[rows, p(keys)], GB[rows, q(keys)], p(keys), q(keys)) for a (rows, keys) tile, 0 where not
+    ok: key m reads column p = m // b ("outer", every pair once) or m % a ("tile") of GA and column
+    q = m % b of GB.  A key below l <= a * b keeps p < a, so ok (inside the sequence) bounds both."""
+    if FD_TILE:
+        pa = keys % na
+    else:
+        pa = keys // nb
+    qb = keys % nb
+    ga = tl.load(ga_ptr + b * s_gab + hh * s_gah + rows[:, None] * s_gat + pa[None, :] * s_gad,
+                 mask=ok, other=0.0)
+    gb = tl.load(gb_ptr + b * s_gbb + hh * s_gbh + rows[:, None] * s_gbt + qb[None, :] * s_gbd,
+                 mask=ok, other=0.0)
+    return ga, gb, pa, qb
+
+
+@triton.jit
 def _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+            ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
             b, hh, rows, keys, l, scale,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
-            ACC: tl.constexpr):
+            HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
+            ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
     """S for a (rows, keys) tile, -inf where the pair is not allowed."""
-    s = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision="ieee") * scale
+    if HAS_QK:
+        s = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision="ieee") * scale
+    else:  # factorized_dense alone (or with random): no product term
+        s = tl.zeros([BM, BK], ACC)
     ok = pairs_in_range(rows, keys, l, CAUSAL)
     if HAS_MASK:
         kp = tl.load(m_ptr + b * s_mb + keys * s_mk, mask=keys < l, other=0)
@@ -57,15 +86,21 @@ def _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_m
     if HAS_FB:
         s += tl.load(fb_ptr + hh * s_fbh + rows[:, None] * s_fbt + keys[None, :] * s_fbk,
                      mask=ok, other=0.0).to(ACC)
+    if HAS_FD:
+        ga, gb, _, _ = _gathered(ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd,
+                                 na, nb, b, hh, rows, keys, ok, FD_TILE)
+        s += ga.to(ACC) * gb.to(ACC)
     return tl.where(ok, s, float("-inf"))
 
 
 @triton.jit
 def _fwd(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
          kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+         ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
          o_ptr, s_ob, s_oh, s_ot, s_oe, lse_ptr,
          H, l, D, E, scale,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+         HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
          ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, hh = bh // H, bh % H
@@ -79,7 +114,9 @@ def _fwd(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_
         keys = start + tl.arange(0, BK)
         kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
-                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+                    ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
+                    HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
         p = tl.exp(s - m_safe[:, None])
@@ -99,10 +136,12 @@ def _fwd(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_
 @triton.jit
 def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
              kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+             ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
              do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr,
              dk_ptr, dv_ptr, dkb_ptr,
              H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+             HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
              ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
     pid_k, bh = tl.program_id(0), tl.program_id(1)
     b, hh = bh // H, bh % H
@@ -120,16 +159,20 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         lse = tl.load(lse_ptr + bh * l + rows, mask=rows < l, other=float("inf"))
         delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
-                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+                    ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
+                    HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = tl.exp(s - lse[:, None])
         dv += tl.dot(tl.trans(p).to(do.dtype), do, out_dtype=ACC, input_precision="ieee")
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
         ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=ACC, input_precision="ieee")
+        if HAS_QK:
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=ACC, input_precision="ieee")
         dkb += tl.sum(ds, 0)
     # dK, dV and dkb are (B, h, l, .) contiguous; the wrapper sums them over the batch where the
     # input was shared (stride 0).
-    _store_rows(dk_ptr, H * l * D, l * D, D, 1, b, hh, keys, l, D, dk * scale, BD)
+    if HAS_QK:
+        _store_rows(dk_ptr, H * l * D, l * D, D, 1, b, hh, keys, l, D, dk * scale, BD)
     _store_rows(dv_ptr, H * l * E, l * E, E, 1, b, hh, keys, l, E, dv, BE)
     if HAS_KB:
         tl.store(dkb_ptr + bh * l + keys, dkb, mask=keys < l)
@@ -138,9 +181,11 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
 @triton.jit
 def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
             kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
-            do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr, dq_ptr,
+            ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
+            do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr, dq_ptr, dga_ptr, dgb_ptr,
             H, l, D, E, scale,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+            HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, hh = bh // H, bh % H
@@ -156,20 +201,37 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
         kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
         v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
-                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+                    ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
+                    HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = tl.exp(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), kt, out_dtype=ACC, input_precision="ieee")
-    _store_rows(dq_ptr, H * l * D, l * D, D, 1, b, hh, rows, l, D, dq * scale, BD)
+        if HAS_QK:
+            dq += tl.dot(ds.to(kt.dtype), kt, out_dtype=ACC, input_precision="ieee")
+        if HAS_FD:
+            # dGA[t, p] = sum over keys m with p(m) = p of dS[t, m] GB[t, q(m)], and dGB alike: keys
+            # of one tile can share a column, so the adds are atomic.  dGA, dGB are (B, h, l, a|b)
+            # contiguous and zero-initialised; only this program adds to these rows.
+            ok = pairs_in_range(rows, keys, l, CAUSAL)
+            ga, gb, pa, qb = _gathered(ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt,
+                                       s_gbd, na, nb, b, hh, rows, keys, ok, FD_TILE)
+            tl.atomic_add(dga_ptr + (bh * l + rows[:, None]) * na + pa[None, :], ds * gb.to(ACC),
+                          mask=ok, sem="relaxed")
+            tl.atomic_add(dgb_ptr + (bh * l + rows[:, None]) * nb + qb[None, :], ds * ga.to(ACC),
+                          mask=ok, sem="relaxed")
+    if HAS_QK:
+        _store_rows(dq_ptr, H * l * D, l * D, D, 1, b, hh, rows, l, D, dq * scale, BD)
 
 
 @triton.jit
 def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
              kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
+             ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
              do_ptr, s_db, s_dh, s_dt, s_de, lse_ptr, delta_ptr, dfb_ptr,
              B, H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
+             HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
              ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
     pid_m, pid_k, hh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -187,7 +249,9 @@ def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         lse = tl.load(lse_ptr + bh * l + rows, mask=rows < l, other=float("inf"))
         delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
-                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB, ACC)
+                    ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
+                    b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
+                    HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = tl.exp(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
         acc += p * (dp - delta[:, None])
@@ -203,67 +267,107 @@ def _bias_args(t, n, like):
 
 
 class FlashMix(torch.autograd.Function):
-    """softmax(scale Q K^T + kb + fb) V: q, k (B, h, l, D), v (B, h, l, E), kb (h, l) or None,
-    fb (h, l, l) or None; any strides (shared inputs may have batch stride 0)."""
+    """softmax(scale Q K^T + GA[p] GB[q] + kb + fb) V: q, k (B, h, l, D) or both None, v (B, h, l, E),
+    kb (h, l) or None, fb (h, l, l) or None, ga (B, h, l, a) and gb (B, h, l, b) or both None, with
+    fd = (a, b, tile) saying which columns key t' reads (see :func:`_gathered`); any strides (shared
+    inputs may have batch stride 0)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, kb, fb, scale, causal, mask):
-        B, H, l, D = q.shape
-        E = v.shape[-1]
+    def forward(ctx, q, k, v, kb, fb, ga, gb, scale, causal, mask, fd):
+        B, H, l, E = v.shape
+        D = 0 if q is None else q.shape[-1]
         dt = v.dtype
         stat = torch.float64 if dt == torch.float64 else torch.float32
         out = torch.empty(B, H, l, E, device=v.device, dtype=dt)
         lse = torch.empty(B, H, l, device=v.device, dtype=stat)
         m, smb, smk, has_mask = mask_args(mask, v)
-        meta = _meta(l, D, E, causal, has_mask, kb, fb, dt)
-        _fwd[(triton.cdiv(l, meta["BM"]), B * H)](
-            q, *q.stride(), k, *k.stride(), v, *v.stride(), *_bias_args(kb, 2, v), *_bias_args(fb, 3, v),
-            m, smb, smk, out, *out.stride(), lse, H, l, D, E, float(scale), **meta)
-        ctx.save_for_backward(q, k, v, kb, fb, m, out, lse)
-        ctx.scale, ctx.causal, ctx.has_mask = float(scale), causal, has_mask
+        meta = _meta(l, D, E, causal, has_mask, kb, fb, fd, dt)
+        args = _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk)
+        _fwd[(triton.cdiv(l, meta["BM"]), B * H)](*args, out, *out.stride(), lse, H, l, D, E, float(scale),
+                                                  **meta)
+        ctx.save_for_backward(q, k, v, kb, fb, ga, gb, m, out, lse)
+        ctx.scale, ctx.causal, ctx.has_mask, ctx.fd = float(scale), causal, has_mask, fd
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, kb, fb, m, out, lse = ctx.saved_tensors
-        B, H, l, D = q.shape
-        E = v.shape[-1]
-        has_mask = ctx.has_mask
+        q, k, v, kb, fb, ga, gb, m, out, lse = ctx.saved_tensors
+        B, H, l, E = v.shape
+        D = 0 if q is None else q.shape[-1]
+        has_mask, fd = ctx.has_mask, ctx.fd
         smb, smk = (m.stride(0), m.stride(1)) if has_mask else (0, 0)
-        meta = _meta(l, D, E, ctx.causal, has_mask, kb, fb, v.dtype)
+        meta = _meta(l, D, E, ctx.causal, has_mask, kb, fb, fd, v.dtype)
         delta = (dout.to(lse.dtype) * out.to(lse.dtype)).sum(-1).contiguous()  # (B, h, l)
-        common = (q, *q.stride(), k, *k.stride(), v, *v.stride(), *_bias_args(kb, 2, v),
-                  *_bias_args(fb, 3, v), m, smb, smk, dout, *dout.stride(), lse, delta)
-        need_q, need_k, need_v, need_kb, need_fb = ctx.needs_input_grad[:5]
-        dq = dk = dv = dkb = dfb = None
+        common = (*_operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk), dout, *dout.stride(), lse, delta)
+        need_q, need_k, need_v, need_kb, need_fb, need_ga, need_gb = ctx.needs_input_grad[:7]
+        dq = dk = dv = dkb = dfb = dga = dgb = None
+        grads = lse.new_zeros(1)  # the pointer for a gradient a kernel does not write
         if need_k or need_v or need_kb:
-            dk = torch.empty(B, H, l, D, device=q.device, dtype=lse.dtype)
-            dv = torch.empty(B, H, l, E, device=q.device, dtype=lse.dtype)
-            dkb = torch.empty(B, H, l, device=q.device, dtype=lse.dtype) if kb is not None else dk
+            dk = torch.empty(B, H, l, D, device=v.device, dtype=lse.dtype) if q is not None else grads
+            dv = torch.empty(B, H, l, E, device=v.device, dtype=lse.dtype)
+            dkb = torch.empty(B, H, l, device=v.device, dtype=lse.dtype) if kb is not None else grads
             _bwd_dkv[(triton.cdiv(l, meta["BK"]), B * H)](*common, dk, dv, dkb, H, l, D, E, ctx.scale, **meta)
-            dk, dv = dk.to(k.dtype), dv.to(v.dtype)
+            dk = dk.to(k.dtype) if q is not None else None
+            dv = dv.to(v.dtype)
             dkb = dkb.sum(0).to(kb.dtype) if (kb is not None and need_kb) else None
-        if need_q:
-            dq = torch.empty(B, H, l, D, device=q.device, dtype=lse.dtype)
-            _bwd_dq[(triton.cdiv(l, meta["BM"]), B * H)](*common, dq, H, l, D, E, ctx.scale, **meta)
-            dq = dq.to(q.dtype)
+        if need_q or need_ga or need_gb:
+            dq = torch.empty(B, H, l, D, device=v.device, dtype=lse.dtype) if q is not None else grads
+            if ga is not None:  # atomically accumulated: zeros first
+                dga = torch.zeros(B, H, l, fd[0], device=v.device, dtype=lse.dtype)
+                dgb = torch.zeros(B, H, l, fd[1], device=v.device, dtype=lse.dtype)
+            _bwd_dq[(triton.cdiv(l, meta["BM"]), B * H)](
+                *common, dq, grads if dga is None else dga, grads if dgb is None else dgb,
+                H, l, D, E, ctx.scale, **meta)
+            dq = dq.to(q.dtype) if q is not None else None
+            if ga is not None:
+                dga, dgb = dga.to(ga.dtype), dgb.to(gb.dtype)
         if need_fb:
-            dfb = torch.empty(H, l, l, device=q.device, dtype=lse.dtype)
+            dfb = torch.empty(H, l, l, device=v.device, dtype=lse.dtype)
             _bwd_dfb[(triton.cdiv(l, meta["BM"]), triton.cdiv(l, meta["BK"]), H)](
                 *common, dfb, B, H, l, D, E, ctx.scale, **meta)
             dfb = dfb.to(fb.dtype)
-        return dq, dk, dv, dkb, dfb, None, None, None
+        return dq, dk, dv, dkb, dfb, dga, dgb, None, None, None, None
 
 
-def _meta(l, D, E, causal, has_mask, kb, fb, dtype):
+def _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk):
+    """The kernels' leading arguments, up to the gathered operands' index sizes (a, b); dummy
+    pointers with zero strides for the absent ones."""
+    na, nb = (fd[0], fd[1]) if fd is not None else (1, 1)
+    return (*_bias_args(q, 4, v), *_bias_args(k, 4, v), v, *v.stride(), *_bias_args(kb, 2, v),
+            *_bias_args(fb, 3, v), m, smb, smk, *_bias_args(ga, 4, v), *_bias_args(gb, 4, v), na, nb)
+
+
+def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
     return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_KB=kb is not None, HAS_FB=fb is not None,
+                HAS_QK=D > 0, HAS_FD=fd is not None, FD_TILE=fd is not None and fd[2],
                 ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=block(l, 64), BK=block(l, 32),
                 BD=block(D, 256), BE=block(E, 256), num_warps=NUM_WARPS)
 
 
-def flash_mix(q, k, v, kb=None, fb=None, *, scale=1.0, causal=False, mask=None):
-    """See :class:`FlashMix`; all tensors are cast to v's dtype."""
+def flash_mix(q, k, v, kb=None, fb=None, ga=None, gb=None, *, scale=1.0, causal=False, mask=None,
+              factors=None, tiling="outer"):
+    """See :class:`FlashMix`; all tensors are cast to v's dtype.  q and k may both be None (no
+    product term); ga and gb (both or neither) need ``factors=(a, b)`` and ``tiling``."""
+    if (q is None) != (k is None):
+        raise ValueError(f"q, k: expected both or neither; got q {'None' if q is None else 'given'}, "
+                         f"k {'None' if k is None else 'given'}")
+    if (ga is None) != (gb is None):
+        raise ValueError(f"ga, gb: expected both or neither; got ga {'None' if ga is None else 'given'}, "
+                         f"gb {'None' if gb is None else 'given'}")
+    if tiling not in ("outer", "tile"):
+        raise ValueError(f"tiling: expected 'outer' or 'tile'; got {tiling!r}")
+    fd = None
+    if ga is not None:
+        if factors is None or tuple(ga.shape[-1:] + gb.shape[-1:]) != tuple(factors):
+            raise ValueError(f"factors: expected (a, b) = the last dims of ga, gb "
+                             f"{(ga.shape[-1], gb.shape[-1])}; got {factors!r}")
+        fd = (int(factors[0]), int(factors[1]), tiling == "tile")
+        if v.shape[2] > fd[0] * fd[1]:  # the column maps would read past A or Bf
+            raise ValueError(f"v: expected at most a * b = {fd[0] * fd[1]} positions; got {v.shape[2]}")
     dt = v.dtype
-    kb = None if kb is None else kb.to(dt)
-    fb = None if fb is None else fb.to(dt)
-    return FlashMix.apply(q.to(dt), k.to(dt), v, kb, fb, scale, bool(causal), mask)
+
+    def cast(t):
+        return None if t is None else t.to(dt)
+
+    return FlashMix.apply(cast(q), cast(k), v, cast(kb), cast(fb), cast(ga), cast(gb), scale, bool(causal),
+                          mask, fd)

@@ -11,8 +11,9 @@ import math
 
 import torch
 
-#: Softmax components the flash kernel covers (factorized_dense's gathered logits are not a product).
-FLASH_COMPONENTS = ("dot_product", "dense", "factorized_random", "random")
+#: Softmax components the flash kernel covers: products, biases, and factorized_dense's gathered
+#: products A[p] Bf[q] (every softmax component; random alone has its own kernel).
+FLASH_COMPONENTS = ("dot_product", "dense", "factorized_random", "random", "factorized_dense")
 
 
 def kernel_name(spec) -> str | None:
@@ -60,18 +61,20 @@ def forward(name, spec, p, x, causal, mask):
     else:
         from ._flash import flash_mix
 
-        q, k, kb, fb = _flash_operands(spec, p, x)
-        o = flash_mix(q, k, v, kb, fb, causal=causal, mask=mask)
+        q, k, kb, fb, ga, gb = _flash_operands(spec, p, x)
+        o = flash_mix(q, k, v, kb, fb, ga, gb, causal=causal, mask=mask, factors=spec.factors,
+                      tiling=spec.tiling or "outer")
     return _merge_heads(o) @ p["w_o"] + p["b_o"]
 
 
 def _flash_operands(spec, p, x):
-    """(q, k, kb, fb) such that scale-free q k^T + kb + fb are the (mixed) logits."""
+    """(q, k, kb, fb, ga, gb) such that scale-free q k^T + ga[p] gb[q] + kb + fb are the (mixed)
+    logits; q, k are None when no component is a product, ga, gb when none is factorized_dense."""
     B, l, _ = x.shape
     h, e = spec.n_heads, spec.head_dim
     mixture = spec.variant == "mixture"
     alpha = torch.softmax(p["mix_logits"], 0) if mixture else None
-    qs, ks, kb, fb = [], [], None, None
+    qs, ks, kb, fb, ga, gb = [], [], None, None, None, None
     for i, comp in enumerate(spec.components_used):
         pre = f"{comp}." if mixture else ""
         a = alpha[i] if mixture else None
@@ -88,11 +91,19 @@ def _flash_operands(spec, p, x):
             # Learned static keys: column t' of w_2 is key t' for every batch element (stride 0).
             ks.append(p[pre + "w_2"][:, :, :l].transpose(1, 2)[None].expand(B, h, l, e))
             kb = weighted(p[pre + "b_2"][:, :l])
+        elif comp == "factorized_dense":
+            # A and Bf stay torch tensors (autograd carries dA, dBf back to w_1, w_a, ...); the
+            # kernel reads A[t, p(t')] Bf[t, q(t')] tile by tile, never the (l, l) logits.
+            hid = torch.relu(x[:, None] @ p[pre + "w_1"][None] + p[pre + "b_1"][None, :, None, :])
+            ga = weighted(hid @ p[pre + "w_a"][None] + p[pre + "b_a"][None, :, None, :])
+            gb = hid @ p[pre + "w_b"][None] + p[pre + "b_b"][None, :, None, :]
         elif comp == "factorized_random":
             qs.append(weighted(p[pre + "r_1"][:, :l])[None].expand(B, -1, -1, -1))
             ks.append(p[pre + "r_2"][:, :l][None].expand(B, -1, -1, -1))
         else:  # random, inside a mixture: a bias shared by the batch, read tile by tile
             fb = weighted(p[pre + "r"][:, :l, :l])
-    q = qs[0] if len(qs) == 1 else torch.cat(qs, -1)
-    k = ks[0] if len(ks) == 1 else torch.cat(ks, -1)
-    return q, k, kb, fb
+    q = k = None
+    if qs:
+        q = qs[0] if len(qs) == 1 else torch.cat(qs, -1)
+        k = ks[0] if len(ks) == 1 else torch.cat(ks, -1)
+    return q, k, kb, fb, ga, gb
