@@ -47,6 +47,7 @@ def autocast_values(v):
 
 
 def forward(name, spec, p, x, causal, mask):
+    """(y, the kernel that ran): ``name``, or for "aft" the one ``aft_layer`` picked."""
     if name == "aft":
         from ._aft import aft_layer
 
@@ -62,7 +63,7 @@ def forward(name, spec, p, x, causal, mask):
 
         q, k, kb, fb = _flash_operands(spec, p, x)
         o = flash_mix(q, k, v, kb, fb, causal=causal, mask=mask)
-    return _merge_heads(o) @ p["w_o"] + p["b_o"]
+    return _merge_heads(o) @ p["w_o"] + p["b_o"], name
 
 
 def _flash_operands(spec, p, x):
