@@ -20,6 +20,10 @@ maximum over visible keys.  Remaining limit (not handled): w and K anti-correlat
 inside one off-diagonal tile (a key with the tile's largest K and a w' ~80 below the row's largest)
 loses the tile's terms to underflow.
 
+aft_local and 1-D aft_conv with a narrow band (``_aft_window.use_window``: at most half the keys)
+take ``_aft_window`` instead: the same tiles on the band, block summaries elsewhere, O(l (BT + NW) d)
+work and no (G, l, l) w'.  This module's dense kernels serve aft_full, aft_simple and wide bands.
+
 Kernels: ``_fwd`` (O and the per-(t, c) log-sum-exp), ``_bwd_dkv`` (per key block: dV = sum_t P dO and
 dK = V dV - sum_t P (dO O)), ``_bwd_dw`` (per (row, key) tile: dw' = sum over the group's columns of
 P (dO V - dO O), the batch and channel reduction inside the kernel).

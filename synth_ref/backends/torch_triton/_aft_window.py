@@ -75,7 +75,7 @@ def _scan_block(s_ptr, s_sb, s_st, s_sc, a_ptr, s_ab, s_at, s_ac, c_ptr, s_cb, s
         ok = ok & (tl.load(m_ptr + b[None, :] * s_mb + pos[:, None] * s_mk, mask=ok, other=0) != 0)
     sc = SIGN * _load_bc(s_ptr, s_sb, s_st, s_sc, pos, b, c, col_ok, l, ACC)
     bm = tl.max(tl.where(ok, sc, NEG), 0)
-    e = tl.where(ok, tl.exp(sc - tl.where(bm == NEG, 0.0, bm)[None, :]), 0.0)
+    e = tl.exp(tl.where(ok, sc - tl.where(bm == NEG, 0.0, bm)[None, :], NEG))
     s1 = tl.sum(e * _load_bc(a_ptr, s_ab, s_at, s_ac, pos, b, c, col_ok, l, ACC), 0)
     if HAS_C:
         s2 = tl.sum(e * _load_bc(c_ptr, s_cb, s_ct, s_cc, pos, b, c, col_ok, l, ACC), 0)
@@ -202,7 +202,7 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
         pm, pa, pc = _far(pre_ptr, ilo, n, col_ok, NBLK, BD)
         fm, fa, fc = _merge(fm, fa, fc, pm, pa, pc)
     # exp(K + max(-lse)) <= 1 for allowed keys; padded keys get nothing (their K is unbounded).
-    ekf = tl.where(kok, tl.exp(kv + fm[None, :]), 0.0)
+    ekf = tl.exp(tl.where(kok, kv + fm[None, :], NEG))
     dv = ekf * fa[None, :]
     pd = ekf * fc[None, :]  # sum_t P[t, t'] delta[t]
     lo_rows = (pid_k + 1) * BT if CAUSAL else ilo * BT
@@ -340,9 +340,11 @@ class AftWindowMix(torch.autograd.Function):
 
 #: Dispatch: the windowed kernels run when the band holds at most this fraction of the keys,
 #: NW <= WINDOW_MAX_FRACTION * l (NW = 2 window - 1, or window under causal, for aft_local;
-#: kernel_size for aft_conv; both cropped to offsets within l).  Per row block they visit about
-#: (BT + NW) / BT + 1 key blocks instead of l / BT, plus two scans of l d; at NW <= l / 2 that is
-#: less work at every l the tiles span.  Tests raise it to force the windowed path.
+#: kernel_size for aft_conv; both cropped to offsets within l), else the dense kernels of ``_aft``.
+#: A work count, not a timing (no GPU measured it): per row block the windowed forward visits at
+#: most (BT + NW - 1) / BT + 1 key tiles instead of l / BT, plus two O(1) merges and two scans of
+#: l d; at NW <= l / 2 that is no more tiles once l >= 4 BT, and far fewer for narrow bands.  Tests
+#: raise it to force the windowed path.
 WINDOW_MAX_FRACTION = 0.5
 
 
