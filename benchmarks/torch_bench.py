@@ -98,6 +98,9 @@ def make_inputs(B, h, l, e, dtype, dev):
         "V": rnd(B, l, d),
         "w": rnd(1, l, l, scale=0.1),
         "wc": rnd(h, l, l, scale=0.1),
+        # the windowed kernels' operands: aft_local's band (1, l, 2 s - 1), aft_conv's taps (h, s)
+        "wl": rnd(1, l, 2 * min(WINDOW, l) - 1, scale=0.1),
+        "taps": rnd(h, WINDOW, scale=0.1),
     }
 
 
@@ -230,11 +233,13 @@ def _flex_row(q, k, v, r):
 # --- ours ----------------------------------------------------------------------------------------------
 def ours(x, B, h, l, e):
     from synth_ref.backends.torch_triton._aft import AftMix
+    from synth_ref.backends.torch_triton._aft_window import AftWindowMix
     from synth_ref.backends.torch_triton._flash import flash_mix
     from synth_ref.backends.torch_triton._random import random_mix
 
     q, k, v, hid, w2, b2, r = x["q"], x["k"], x["v"], x["hid"], x["w2"], x["b2"], x["r"]
-    r1, r2, K, V, w, wc = x["r1"], x["r2"], x["K"], x["V"], x["w"], x["wc"]
+    r1, r2, K, V, w, wc, wl, taps = (x[n] for n in ("r1", "r2", "K", "V", "w", "wc", "wl", "taps"))
+    lo_local, lo_conv = -(min(WINDOW, l) - 1), -((WINDOW - 1) // 2)  # first offset t' - t of each band
     idx = torch.arange(l, device=K.device)
     band = (idx[:, None] - idx[None, :]).abs() < WINDOW
     return [
@@ -278,6 +283,17 @@ def ours(x, B, h, l, e):
             "ours: aft (conv, dense per-head w')",
             "aft_conv",
             fwd_bwd(lambda K, V, wc: AftMix.apply(K, V, wc, False, None), K, V, wc),
+        ),
+        (
+            "ours: aft (local, windowed)",
+            "aft_local",
+            fwd_bwd(lambda K, V, wl: AftWindowMix.apply(K, V, wl, lo_local, False, None), K, V, wl),
+        ),
+        (
+            "ours: aft (conv, windowed)",
+            "aft_conv",
+            fwd_bwd(lambda K, V, taps: AftWindowMix.apply(K, V, taps[:, None].expand(h, l, WINDOW), lo_conv,
+                                                          False, None), K, V, taps),
         ),
     ]
 
@@ -328,7 +344,7 @@ def targets(rows):
         check(f"{name} <= 1.3 x SDPA flash", ms(name), None if flash is None else 1.3 * flash)
     check("ours: random <= 0.85 ms", ms("ours: random, batch folded"), 0.85)
     check("ours: aft (full) <= 1.2 ms", ms("ours: aft (full)"), 1.2)
-    for name in ("ours: aft (local, dense banded w')", "ours: aft (conv, dense per-head w')"):
+    for name in ("ours: aft (local, windowed)", "ours: aft (conv, windowed)"):  # the layers' path
         check(f"{name} <= 2 x AFT-simple", ms(name), None if simple is None else 2 * simple)
     check("ours: aft (simple) <= 2 x device copy", simple, None if copy is None else 2 * copy)
     return out

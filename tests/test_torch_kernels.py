@@ -62,8 +62,22 @@ SPECS = {
     "aft_simple": sr.Spec("aft_simple", d_model=8, max_len=24),
     "aft_full": sr.Spec("aft_full", d_model=8, max_len=24),
     "aft_full_lowrank": sr.Spec("aft_full", d_model=8, max_len=24, pos_rank=3),
-    "aft_local": sr.Spec("aft_local", d_model=8, max_len=24, window=5),
-    "aft_conv": sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=24, kernel_size=5),
+    # window 8 at l = 20: a band of 15 offsets, wider than l / 2, takes the dense AFT kernel
+    "aft_local_wide": sr.Spec("aft_local", d_model=8, max_len=24, window=8),
+}
+
+#: The windowed AFT kernels (_aft_window) at L_WIN = 40: three blocks, the last partial, so that each
+#: row block has far key blocks before or after its band (prefix and suffix summaries) and each key
+#: block far row blocks.
+L_WIN = 40
+WIN_SPECS = {
+    "aft_local": sr.Spec("aft_local", d_model=8, max_len=48, window=3),
+    "aft_local_lowrank": sr.Spec("aft_local", d_model=8, max_len=48, window=3, pos_rank=3),
+    "aft_conv": sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=48, kernel_size=5),
+    "aft_conv_even": sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=48, kernel_size=4),
+    # Bands wider than l (window >= l; taps beyond +-(l - 1) cropped), forced onto the windowed path.
+    "aft_local_edge": sr.Spec("aft_local", d_model=8, max_len=24, window=24),
+    "aft_conv_edge": sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=24, kernel_size=45),
 }
 KERNEL = {"random": "random", "aft": "aft"}
 
@@ -103,12 +117,12 @@ def _params(spec, dtype, seed=1):
             for n, a in spec.init(seed).items()}
 
 
-def _inputs(spec, dtype, masked, seed=2):
+def _inputs(spec, dtype, masked, seed=2, length=L):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, L, spec.d_model, generator=g, dtype=torch.float64).to(DEVICE, dtype)
+    x = torch.randn(B, length, spec.d_model, generator=g, dtype=torch.float64).to(DEVICE, dtype)
     mask = None
     if masked:
-        mask = torch.rand(B, L, generator=g) > 0.3
+        mask = torch.rand(B, length, generator=g) > 0.3
         mask[0] = False  # a sequence with no real token: every row empty, output b_o, no NaN
         mask = mask.to(DEVICE)
     return x.requires_grad_(True), mask
@@ -118,12 +132,12 @@ def _reference(spec, params, x, causal, mask):
     return sr.apply(spec, params, x, causal=causal, key_padding_mask=mask)
 
 
-def _compare(spec, dtype, causal, masked, gold_dtype=torch.float64):
+def _compare(spec, dtype, causal, masked, gold_dtype=torch.float64, length=L, kernel=None):
     params = _params(spec, dtype)
-    x, mask = _inputs(spec, dtype, masked)
+    x, mask = _inputs(spec, dtype, masked, length=length)
     y, path = torch_triton.layer_forward(spec, params, x, causal=causal, key_padding_mask=mask,
                                          kernels="always")
-    assert path == "triton:" + torch_triton.kernel_name(spec)
+    assert path == "triton:" + (kernel or torch_triton.kernel_name(spec))
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
     leaves = [x, *params.values()]
     grads = torch.autograd.grad(y, leaves, dy.to(dtype))
@@ -150,7 +164,8 @@ def _compare(spec, dtype, causal, masked, gold_dtype=torch.float64):
 ONE_MODE = {"dot_product": (True, True), "factorized_random": (True, True),
             "factorized_dense": (False, True), "factorized_dense_tile": (True, True)}
 CASES = [(name, causal, masked) for name in SPECS for causal, masked in ((False, True), (True, True))
-         if ONE_MODE.get(name, (causal, masked)) == (causal, masked)]
+         if ONE_MODE.get(name, (causal, masked)) == (causal, masked)
+         and (name != "aft_local_wide" or not causal)]  # causal: a band of 8 <= l / 2 is windowed
 CASES += [(name, False, False) for name in ("random", "dense", "aft_full")]  # the mask-free kernels
 
 
@@ -166,9 +181,86 @@ def test_kernel_matches_reference_float64(name, causal, masked):
 
 
 @in_this_process
-@pytest.mark.parametrize("name", ["random", "mixture", "aft_conv"])  # mixture: every softmax component
+@pytest.mark.parametrize("name", ["random", "mixture"])  # mixture: every softmax component
 def test_kernel_float32_against_float64_gold(name):
     _compare(SPECS[name], torch.float32, True, True)
+
+
+# Between them: both masks and none, causal or not, low rank, heads, cropped bands.  (The even
+# kernel's offsets are checked by test_band_is_the_spec_position_bias, without running kernels.)
+WIN_CASES = [("aft_local", False, True), ("aft_local", True, True), ("aft_local_lowrank", False, False),
+             ("aft_conv", False, False), ("aft_local_edge", False, True), ("aft_conv_edge", True, True)]
+
+
+@in_this_process
+@pytest.mark.parametrize("name, causal, masked", WIN_CASES,
+                         ids=[f"{n}-{'causal' if c else 'full'}-{'mask' if m else 'nomask'}"
+                              for n, c, m in WIN_CASES])
+def test_windowed_aft_matches_reference_float64(name, causal, masked, monkeypatch):
+    if DEVICE == "cuda":
+        pytest.skip("float64 takes the reference path on a GPU: see the float32 test")
+    from synth_ref.backends.torch_triton import _aft_window
+
+    if name.endswith("_edge"):  # the band covers every pair: only forced does it take this path
+        monkeypatch.setattr(_aft_window, "WINDOW_MAX_FRACTION", float("inf"))
+    length = L if name.endswith("_edge") else L_WIN
+    _compare(WIN_SPECS[name], torch.float64, causal, masked, length=length, kernel="aft-window")
+
+
+@in_this_process
+@pytest.mark.parametrize("name", ["aft_local", "aft_local_lowrank", "aft_conv", "aft_conv_even",
+                                  "aft_local_edge", "aft_conv_edge"])
+def test_band_is_the_spec_position_bias(name):
+    """The band the windowed path builds from the parameters, scattered into (G, l, l), is the
+    spec's w' exactly (window, tap offsets, cropping, low rank), and w' is 0 outside it."""
+    from array_api_compat import array_namespace
+
+    from synth_ref import _aft
+    from synth_ref.backends.torch_triton import _aft_window
+
+    spec = WIN_SPECS[name]
+    params = {n: p.detach() for n, p in _params(spec, torch.float64).items()}
+    for length in (L, L_WIN):
+        if length > spec.max_len:
+            continue
+        for causal in (False, True):
+            xp = array_namespace(params["w_q"])
+            want = _aft.position_bias(spec, params, xp, length, causal, None, DEVICE)
+            wb, lo = _aft_window.band(spec, params, xp, length, causal, DEVICE)
+            got = _scatter_band(wb, lo, length)
+            if causal:  # offsets after the row are never allowed: the band leaves them out
+                tril = torch.ones(length, length, dtype=torch.bool, device=DEVICE).tril()
+                want = torch.where(tril, want, 0.0)
+            # low rank: the band's dot products round in another order than the matmul's
+            tol = 1e-14 if spec.pos_rank else 0.0
+            assert (got - want).abs().max().item() <= tol, (name, length, causal)
+
+
+def _scatter_band(wb, lo, length):
+    """(G, l, l) w' from the band wb (G, l, NW): w'[g, t, t + lo + j] = wb[g, t, j]; differentiable."""
+    G, _, nw = wb.shape
+    t = torch.arange(length, device=wb.device)[:, None].expand(length, nw)
+    key = t + lo + torch.arange(nw, device=wb.device)[None, :]
+    inside = (key >= 0) & (key < length)
+    dense = wb.new_zeros(G, length, length)
+    dense[:, t[inside], key[inside]] = wb[:, inside]
+    return dense
+
+
+@in_this_process
+def test_window_dispatch_rule():
+    """Windowed iff the band's offsets (2 window - 1, or window under causal; kernel_size) are at
+    most l / 2; 2-D aft_conv and aft_full have no band."""
+    from synth_ref.backends.torch_triton._aft_window import use_window
+
+    local = sr.Spec("aft_local", d_model=8, max_len=24, window=5)
+    assert use_window(local, 18, False) and not use_window(local, 17, False)
+    assert use_window(local, 10, True) and not use_window(local, 9, True)
+    conv = sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=24, kernel_size=4)
+    assert use_window(conv, 8, False) and not use_window(conv, 7, True)
+    assert not use_window(SPECS["aft_full"], 24, False)
+    assert not use_window(sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=24, kernel_size=3,
+                                  spatial_dims=2), 16, False)
 
 
 def _aft_gold(k, v, w, causal, mask):
@@ -182,7 +274,7 @@ def _aft_gold(k, v, w, causal, mask):
     if mask is not None:
         ok = ok & mask[:, None, :, None]
     z = z.masked_fill(~ok, float("-inf"))
-    m = z.amax(2, keepdim=True).nan_to_num(neginf=0.0)
+    m = z.amax(2, keepdim=True).nan_to_num(neginf=0.0).detach()  # any shift: gradients need none
     e = torch.exp(z - m)
     den = e.sum(2)
     return torch.where(den > 0, (e * v[:, None]).sum(2) / den.clamp_min(1e-300), 0.0)
@@ -207,6 +299,40 @@ def test_aft_kernel_keys_spread_over_80_float32(with_w):
     assert torch.isfinite(out).all()
     err = (out.double() - gold).abs().max().item()
     assert err <= TOL["float32"], err
+
+
+@in_this_process
+@pytest.mark.parametrize("causal", [False, True])
+def test_windowed_aft_keys_spread_over_80_float32(causal):
+    """The windowed kernels with K over +-80 in float32, forward and gradients of k, v and the band:
+    the exact causal diagonal as above, and far blocks whose summaries hold terms e^-160 below
+    their bound (they underflow, harmlessly) must give no 0/0 and no overflow."""
+    from synth_ref.backends.torch_triton._aft_window import AftWindowMix
+
+    g = torch.Generator().manual_seed(0)
+    lo, nw = -3, 4 if causal else 7
+    k = (80 * torch.sign(torch.randn(B, L_WIN, 8, generator=g))).to(DEVICE)
+    k[:, 0] = -80.0
+    v = torch.randn(B, L_WIN, 8, generator=g).to(DEVICE)
+    wb = (torch.randn(1, L_WIN, nw, generator=g) * 3).to(DEVICE)
+    mask = torch.ones(B, L_WIN, dtype=torch.bool, device=DEVICE)
+    mask[1, 3] = False
+    mask[1, 20:23] = False
+    leaves = [t.requires_grad_(True) for t in (k, v, wb)]
+    out = AftWindowMix.apply(k, v, wb, lo, causal, mask)
+    dy = torch.randn(out.shape, generator=g).to(DEVICE)
+    grads = torch.autograd.grad(out, leaves, dy)
+    gold_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    gk, gv, gwb = gold_leaves
+    gold = _aft_gold(gk, gv, _scatter_band(gwb, lo, L_WIN)[:, :, :], causal, mask)
+    gold_grads = torch.autograd.grad(gold, gold_leaves, dy.double())
+    assert torch.isfinite(out).all()
+    err = (out.double() - gold).abs().max().item()
+    assert err <= TOL["float32"], err
+    for name, got, want in zip("k v wb".split(), grads, gold_grads, strict=True):
+        assert torch.isfinite(got).all(), name
+        err = (got.double() - want).abs().max().item()
+        assert err <= TOL["float32"], (name, err)
 
 
 @in_this_process

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 def _cases(dtype):
     import triton.language as tl
 
-    from synth_ref.backends.torch_triton import _aft, _common, _flash, _random
+    from synth_ref.backends.torch_triton import _aft, _aft_window, _common, _flash, _random
 
     flags = dict(CAUSAL=True, HAS_MASK=True, ACC=tl.float32)
     flash = dict(flags, HAS_KB=True, HAS_FB=True, HAS_QK=True, HAS_FD=True, FD_TILE=False,
@@ -35,6 +35,9 @@ def _cases(dtype):
     fdense = dict(flash, HAS_KB=False, HAS_FB=False, HAS_QK=False, FD_TILE=True)
     rand = dict(flags, BM=64, BN=64, BK=64)
     aft = dict(flags, HAS_W=True, BT=_aft.BT, BN=_aft.BN)
+    win = dict(flags, BT=_aft.BT, BN=_aft.BN)
+    scan = dict(HAS_MASK=True, ACC=tl.float32, BT=_aft.BT, BN=_aft.BN)
+    scans = {"pre_ptr", "suf_ptr"}
     nw = _common.NUM_WARPS
     return [
         (_random._fwd, rand, set(), nw),
@@ -48,6 +51,15 @@ def _cases(dtype):
         (_aft._bwd_dkv, aft, set(), 4),
         (_aft._bwd_dw, dict(aft, DIAG=False), {"dw_ptr"}, 4),
         (_aft._bwd_dw, dict(aft, DIAG=True), {"dw_ptr"}, 4),
+        # keys' summaries (forward) and rows' (backward: score lse, values dO and dO O)
+        (_aft_window._scan, dict(scan, SIGN=1, HAS_C=False), scans, 4),
+        (_aft_window._scan, dict(scan, SIGN=-1, HAS_C=True, HAS_MASK=False), scans | {"s_ptr", "c_ptr"}, 4),
+        (_aft_window._fwd_win, win, scans, 4),
+        (_aft_window._fwd_win, dict(win, CAUSAL=False), scans, 4),  # merges the suffix too
+        (_aft_window._bwd_dkv_win, win, scans, 4),
+        (_aft_window._bwd_dkv_win, dict(win, CAUSAL=False), scans, 4),
+        (_aft_window._bwd_dw_win, dict(win, DIAG=False), {"dwb_ptr"}, 4),
+        (_aft_window._bwd_dw_win, dict(win, DIAG=True), {"dwb_ptr"}, 4),
     ] + ([(_flash._fwd, fdense, set(), nw),
           (_flash._bwd_dkv, fdense, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
           (_flash._bwd_dq, fdense, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw)] if dtype == "bf16" else [])

@@ -4,7 +4,9 @@
 tensors can run it -- CUDA tensors, or CPU tensors while ``TRITON_INTERPRET=1`` is set (Triton's
 interpreter, for tests; the kernels must also have been imported with it set, since Triton decides
 at decoration time) -- and the reference :func:`synth_ref.apply` otherwise.  It returns the path
-it took as a string, ``"triton:<kernel>"`` or ``"eager: <why>"``, so that the choice is visible.
+it took as a string, ``"triton:<kernel>"`` or ``"eager: <why>"``, so that the choice is visible
+(kernel "aft" names the AFT family; the path says "aft-window" where a narrow band took the
+windowed kernels of ``_aft_window``).
 
 The kernels fuse the mixing step only (softmax(S) V, or AFT's weighted sums); the projections stay
 torch matmuls.  Each kernel has its own backward (``torch.autograd.Function``).  Triton is imported
@@ -106,4 +108,5 @@ def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_ma
     causal = check_causal(spec, causal)
     params = convert_params(spec, params, x, xp)
     mask = convert_mask(spec, key_padding_mask, x, xp, batch, length)
-    return _plan.forward(name, spec, params, x, causal, mask), f"triton:{name}"
+    y, ran = _plan.forward(name, spec, params, x, causal, mask)
+    return y, f"triton:{ran}"

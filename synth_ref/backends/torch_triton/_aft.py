@@ -20,6 +20,10 @@ maximum over visible keys.  Remaining limit (not handled): w and K anti-correlat
 inside one off-diagonal tile (a key with the tile's largest K and a w' ~80 below the row's largest)
 loses the tile's terms to underflow.
 
+aft_local and 1-D aft_conv with a narrow band (``_aft_window.use_window``: at most half the keys)
+take ``_aft_window`` instead: the same tiles on the band, block summaries elsewhere, O(l (BT + NW) d)
+work and no (G, l, l) w'.  This module's dense kernels serve aft_full, aft_simple and wide bands.
+
 Kernels: ``_fwd`` (O and the per-(t, c) log-sum-exp), ``_bwd_dkv`` (per key block: dV = sum_t P dO and
 dK = V dV - sum_t P (dO O)), ``_bwd_dw`` (per (row, key) tile: dw' = sum over the group's columns of
 P (dO V - dO O), the batch and channel reduction inside the kernel).
@@ -302,22 +306,32 @@ class AftMix(torch.autograd.Function):
 
 
 def aft_layer(spec, p, x, causal, mask):
-    """The whole AFT layer: projections and gate in torch, the weighted sums in :class:`AftMix`.
+    """(y, kernel): the whole AFT layer, projections and gate in torch, the weighted sums in
+    :class:`AftMix` ("aft") or, for a narrow band (``_aft_window.use_window``), in
+    ``_aft_window.AftWindowMix`` ("aft-window").
 
-    w' comes from the reference's own ``position_bias`` (as x's tensors), so that its construction
-    (band, taps, low rank) is the spec's and autograd carries dw' back to the parameters."""
+    The dense path takes w' from the reference's own ``position_bias`` (as x's tensors), so that its
+    construction (band, taps, low rank) is the spec's and autograd carries dw' back to the
+    parameters; the windowed path builds only the band, by the same conventions."""
     from array_api_compat import array_namespace
 
     from synth_ref import _aft
 
-    q = x @ p["w_q"] + p["b_q"]
-    k = x @ p["w_k"] + p["b_k"]
-    v = x @ p["w_v"] + p["b_v"]
-    l = x.shape[1]
-    w = _aft.position_bias(spec, p, array_namespace(x), l, causal, None, x.device)
+    from . import _aft_window
     from ._plan import autocast_values
 
-    v = autocast_values(v)
+    q = x @ p["w_q"] + p["b_q"]
+    k = x @ p["w_k"] + p["b_k"]
+    v = autocast_values(x @ p["w_v"] + p["b_v"])
     dt = v.dtype
-    o = AftMix.apply(k.to(dt), v, None if w is None else w.to(dt), bool(causal), mask)
-    return (torch.sigmoid(q) * o) @ p["w_o"] + p["b_o"]
+    l = x.shape[1]
+    xp = array_namespace(x)
+    if _aft_window.use_window(spec, l, causal):
+        wb, lo = _aft_window.band(spec, p, xp, l, causal, x.device)
+        o = _aft_window.AftWindowMix.apply(k.to(dt), v, wb.to(dt), lo, bool(causal), mask)
+        name = "aft-window"
+    else:
+        w = _aft.position_bias(spec, p, xp, l, causal, None, x.device)
+        o = AftMix.apply(k.to(dt), v, None if w is None else w.to(dt), bool(causal), mask)
+        name = "aft"
+    return (torch.sigmoid(q) * o) @ p["w_o"] + p["b_o"], name

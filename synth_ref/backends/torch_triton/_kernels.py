@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _aft, _flash, _random  # noqa: F401  (decorated now, in this mode)
+from . import _aft, _aft_window, _flash, _random  # noqa: F401  (decorated now, in this mode)
 
 
 def _interpreted() -> bool:

@@ -48,6 +48,7 @@ def autocast_values(v):
 
 
 def forward(name, spec, p, x, causal, mask):
+    """(y, the kernel that ran): ``name``, or for "aft" the one ``aft_layer`` picked."""
     if name == "aft":
         from ._aft import aft_layer
 
@@ -64,7 +65,7 @@ def forward(name, spec, p, x, causal, mask):
         q, k, kb, fb, ga, gb = _flash_operands(spec, p, x)
         o = flash_mix(q, k, v, kb, fb, ga, gb, causal=causal, mask=mask, factors=spec.factors,
                       tiling=spec.tiling or "outer")
-    return _merge_heads(o) @ p["w_o"] + p["b_o"]
+    return _merge_heads(o) @ p["w_o"] + p["b_o"], name
 
 
 def _flash_operands(spec, p, x):
