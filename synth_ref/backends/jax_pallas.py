@@ -211,7 +211,17 @@ def factorized_operands(spec, p, x):
 
 
 def _aft_simple(p, x, causal, mask):
-    """aft_simple, O(l d): with no position bias Y[t, c] is a softmax over t' of K[:, c] alone.
+    """The aft_simple layer: projections, :func:`aft_simple_mix`, the sigmoid gate, the output."""
+    q = _linear(x, p["w_q"], p["b_q"])
+    mixed = aft_simple_mix(_linear(x, p["w_k"], p["b_k"]), _linear(x, p["w_v"], p["b_v"]), mask,
+                           causal=causal)
+    return _linear(jax.nn.sigmoid(q) * mixed, p["w_o"], p["b_o"])
+
+
+def aft_simple_mix(k, v, key_padding_mask=None, *, causal=False):
+    """aft_simple's weighted average Y (B, l, d) from K, V (B, l, d), in O(l d): with no position
+    bias Y[t, c] = sum_t' softmax_t'(K[:, c]) V[t', c] over allowed t'; key_padding_mask (B, l) or
+    None; rows with no allowed key give 0.  Computed in float32 (float64 for float64 inputs).
 
     Non-causal: one max / exp / two sums per (batch, channel), shared by every row.  Causal: a prefix
     scan over t of (max, num, den) triples, combined with the exact running max (num and den
@@ -227,11 +237,10 @@ def _aft_simple(p, x, causal, mask):
     scan; the max is taken of ``stop_gradient(K)`` (the output does not depend on the shift), so the
     gradient flows only through the linear num / den sums, and masked keys enter as exact zeros
     (never exp(-inf - -inf))."""
-    acc = accumulator(x.dtype)
-    q = _linear(x, p["w_q"], p["b_q"])
-    k = _linear(x, p["w_k"], p["b_k"]).astype(acc)
-    v = _linear(x, p["w_v"], p["b_v"]).astype(acc)
-    ok = None if mask is None else mask[:, :, None]
+    dtype = v.dtype
+    acc = accumulator(dtype)
+    k, v = k.astype(acc), v.astype(acc)
+    ok = None if key_padding_mask is None else key_padding_mask[:, :, None]
     if causal:
         kz = k if ok is None else jnp.where(ok, k, 0.0)
         top = jax.lax.stop_gradient(kz)
@@ -248,7 +257,7 @@ def _aft_simple(p, x, causal, mask):
         num, den = jnp.sum(e * v, axis=1, keepdims=True), jnp.sum(e, axis=1, keepdims=True)
     some = den > 0  # rows with no allowed key give 0
     mixed = jnp.where(some, num / jnp.where(some, den, 1.0), 0.0)
-    return _linear(jax.nn.sigmoid(q) * mixed.astype(x.dtype), p["w_o"], p["b_o"])
+    return jnp.broadcast_to(mixed, k.shape).astype(dtype)
 
 
 def _scan_combine(a, b):
