@@ -328,8 +328,9 @@ def test_aft_simple_scan_survives_a_spread_of_160(causal):
 # difference from a kept case is XLA glue shared with the reference (position_bias): aft_full
 # (aft_full-rank and aft_local build w' the same way), aft_local-rank, and 1-D aft_conv
 # (aft_conv-2d runs several groups through the kernel; the AFT kernel tests cover G = 2 under causal
-# masks).  Each case costs a ~10 s compile.
-_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv"}
+# masks).  Likewise factorized_dense-outer: "mixture" runs outer tiling through the same factorized
+# term (with q k^T beside it), factorized_dense-tile the term alone.  Each case costs a ~10 s compile.
+_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv", "factorized_dense-outer"}
 KERNEL_CASES = [c for c in CASES if jp.plan(CASES[c], path=INTERP) != "reference" and c not in _GLUE_TWINS]
 XLA_CASES = [c for c in CASES if jp.plan(CASES[c], path="xla", masked=True, platform="gpu") != "reference"]
 
