@@ -21,7 +21,7 @@ from jax_helpers import CASES, GRAD_TOL, TOL, grad_errors, inputs, rel_err, torc
 import synth_ref as sr  # noqa: E402
 from synth_ref.backends import jax_pallas as jp  # noqa: E402
 from synth_ref.backends.jax_pallas_aft import aft_mix  # noqa: E402
-from synth_ref.backends.jax_pallas_flash import flash_attention  # noqa: E402
+from synth_ref.backends.jax_pallas_flash import factor_one_hots, flash_attention  # noqa: E402
 
 INTERP = "pallas_interpret"
 
@@ -51,11 +51,11 @@ def test_platform_decides_the_path(monkeypatch):
     ("mixture-flash", True, "pallas-flash", "xla-sdpa"),
     ("random", False, "pallas-flash", "xla-random"),
     ("random", True, "pallas-flash", "xla-sdpa"),
-    ("factorized_dense-outer", False, "reference", "reference"),
-    ("mixture", False, "reference", "reference"),  # has a factorized_dense component
+    ("factorized_dense-outer", False, "pallas-flash", "reference"),
+    ("mixture", False, "pallas-flash", "reference"),  # has a factorized_dense component
     ("aft_full", True, "pallas-aft", "reference"),
     ("aft_conv-2d", False, "pallas-aft", "reference"),
-    ("aft_simple", False, "reference", "reference"),
+    ("aft_simple", True, "xla-scan", "xla-scan"),
 ])
 def test_plan_names_the_implementation(case, masked, pallas, xla):
     spec = CASES[case]
@@ -63,11 +63,16 @@ def test_plan_names_the_implementation(case, masked, pallas, xla):
     assert jp.plan(spec, masked=masked, path=INTERP) == pallas
     assert jp.plan(spec, masked=masked, path="xla", platform="gpu") == xla
     assert jp.plan(spec, masked=masked, path="reference") == "reference"
-    # on CPU the xla path keeps only the random rewrite (the rest would be the reference's math);
-    # float64 never takes dot_product_attention (its XLA form computes in float32)
-    cpu = xla if xla == "xla-random" else "reference"
+    # on CPU the xla path keeps only the random rewrite and the scan (dot_product_attention would
+    # be the reference's math); float64 never takes dot_product_attention (its XLA form computes in
+    # float32)
+    cpu = xla if xla in ("xla-random", "xla-scan") else "reference"
     assert jp.plan(spec, masked=masked, path="xla", platform="cpu") == cpu
     assert jp.plan(spec, masked=masked, path="xla", platform="gpu", dtype="float64") == cpu
+    # compiled kernels take float32 / bfloat16 only; the scan is plain XLA, so any dtype
+    assert jp.plan(spec, masked=masked, path="pallas", dtype=jnp.float16) == (
+        "xla-scan" if pallas == "xla-scan" else "reference")
+    assert jp.plan(spec, masked=masked, path=INTERP, dtype="float64") == pallas
 
 
 def test_bad_inputs_are_checked_on_fused_paths_too():
@@ -280,14 +285,52 @@ def test_aft_kernel_bfloat16():
     assert y.dtype == jnp.bfloat16 and rel_err(y, gold) <= TOL["bfloat16"]
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_aft_simple_scan_survives_a_spread_of_160(causal):
+    """aft_simple's XLA path (the prefix scan, or one reduction when not causal) against the float64
+    formula with w' = 0, K rising from -80 to +80 within every 16 positions (float32 inputs, so
+    the gold sees the same K).  Causal rows are outweighed by their future keys by up to e^160: a
+    scan stabilized by anything but each row's own running max (e.g. the sequence's max) underflows
+    their visible terms to 0/0.  Padding: batch 1 loses its tail, batch 2 every key (rows of 0)."""
+    B, l, d = 3, 40, 8
+    rng = np.random.default_rng(6)
+    saw = -80 + 160 * (np.arange(l) % 16) / 15
+    k = (saw[None, :, None] + 0.5 * rng.standard_normal((B, l, d))).astype(np.float32)
+    v = rng.standard_normal((B, l, d)).astype(np.float32)
+    mask = _key_mask(B, l)
+    dy = rng.standard_normal((B, l, d))
+    with jax.enable_x64(True):
+        def gold_loss(kk, vv):
+            y = _aft_gold(kk, vv, jnp.zeros((1, l, l), kk.dtype), jnp.asarray(mask), causal)
+            return jnp.sum(y * dy), y
+        (_, gold_y), gold_g = jax.jit(jax.value_and_grad(gold_loss, argnums=(0, 1), has_aux=True))(
+            jnp.asarray(k, jnp.float64), jnp.asarray(v, jnp.float64))
+        gold_y, gold_g = np.asarray(gold_y), [np.asarray(g) for g in gold_g]
+
+    @jax.jit
+    def run(kk, vv):
+        def f(kk, vv):
+            y = jp.aft_simple_mix(kk, vv, jnp.asarray(mask), causal=causal)
+            return jnp.sum(y * dy.astype(np.float32)), y
+        return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(kk, vv)
+
+    (_, y), g = run(jnp.asarray(k), jnp.asarray(v))
+    assert rel_err(y, gold_y) <= TOL["float32"]
+    assert np.all(np.asarray(y)[2] == 0), "rows with no allowed key must be exactly 0"
+    errs = grad_errors(g[0], {"v": g[1]}, gold_g[0], {"v": gold_g[1]})
+    assert max(errs.values()) <= GRAD_TOL["float32"], errs
+
+
 # ---------------------------------------------------------------------------------------------
 # whole layers through each path against the reference
 
-# Every case the kernels take, except three AFT ones whose only difference from a kept case is XLA
-# glue shared with the reference (position_bias): aft_full (aft_full-rank and aft_local build w'
-# the same way), aft_local-rank, and 1-D aft_conv (aft_conv-2d runs several groups through the
-# kernel; the AFT kernel tests cover G = 2 under causal masks).  Each case costs a ~10 s compile.
-_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv"}
+# Every case a fused path takes (aft_simple: the XLA scan), except three AFT ones whose only
+# difference from a kept case is XLA glue shared with the reference (position_bias): aft_full
+# (aft_full-rank and aft_local build w' the same way), aft_local-rank, and 1-D aft_conv
+# (aft_conv-2d runs several groups through the kernel; the AFT kernel tests cover G = 2 under causal
+# masks).  Likewise factorized_dense-outer: "mixture" runs outer tiling through the same factorized
+# term (with q k^T beside it), factorized_dense-tile the term alone.  Each case costs a ~10 s compile.
+_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv", "factorized_dense-outer"}
 KERNEL_CASES = [c for c in CASES if jp.plan(CASES[c], path=INTERP) != "reference" and c not in _GLUE_TWINS]
 XLA_CASES = [c for c in CASES if jp.plan(CASES[c], path="xla", masked=True, platform="gpu") != "reference"]
 
@@ -336,16 +379,27 @@ def test_layer_through_xla_path(case, masked):
     _layer(CASES[case], "xla", "float32", causal=True, masked=masked, platform="gpu")
 
 
-def test_the_kernel_really_runs():
+def _batched_lxl(jaxpr, l):
+    """Shapes of (B, h, l, l)-like values (4-D, last two axes l or its 8-padding) a program forms
+    outside any pallas_call."""
+    sizes = {l, -(-l // 8) * 8}
+    return [v.aval.shape for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name != "pallas_call"
+            for v in eqn.outvars if v.aval.ndim == 4 and set(v.aval.shape[-2:]) <= sizes]
+
+
+@pytest.mark.parametrize("case", ["dense", "mixture"])
+def test_the_kernel_really_runs(case):
     """The fused path is not the reference in disguise: its traced program contains the Pallas kernel
-    (by the name given to pallas_call), and the reference's does not."""
-    spec = CASES["dense"]
+    (by the name given to pallas_call), and the reference's does not; no per-batch (l x l) array
+    is formed outside the kernel (the reference forms several), factorized_dense's logits included."""
+    spec = CASES[case]
     params, x, _ = inputs(spec, batch=1)
     p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
     xx = jnp.asarray(x, jnp.float32)
-    fused = str(jax.make_jaxpr(lambda a, b: jp.apply(spec, a, b, path=INTERP))(p, xx))
-    plain = str(jax.make_jaxpr(lambda a, b: jp.apply(spec, a, b, path="reference"))(p, xx))
-    assert "synth_flash_fwd" in fused and "synth_flash" not in plain
+    fused = jax.make_jaxpr(lambda a, b: jp.apply(spec, a, b, path=INTERP))(p, xx)
+    plain = jax.make_jaxpr(lambda a, b: jp.apply(spec, a, b, path="reference"))(p, xx)
+    assert "synth_flash_fwd" in str(fused) and "synth_flash" not in str(plain)
+    assert _batched_lxl(plain, x.shape[1]) and not _batched_lxl(fused, x.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,3 +435,14 @@ def test_kernels_lower_for_tpu(dtype):
     traced = jax.jit(jax.grad(aft_loss, argnums=(0, 1, 2))).trace(k3, k3, w)
     text = traced.lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("tpu_custom_call") == 3  # forward, dk/dv, dw
+
+    # factorized_dense: per-row factors (l = 256 = 16 x 16, widths padded to 128) and one-hots
+    pa, pb = factor_one_hots(l, (16, 16), "tile", dt)
+    fa = jnp.ones((B, h, l, pa.shape[1]), dt)
+
+    def fd_loss(fa, fb, v):
+        return flash_attention(v, kb, factorized=(fa, fb, pa, pb), causal=True).astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(fd_loss, argnums=(0, 1, 2))).trace(fa, fa, v) \
+        .lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 3  # forward, dq/d fa/d fb, dk/dv/d key bias

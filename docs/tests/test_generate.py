@@ -214,3 +214,24 @@ def test_conformance_report_absent_or_foreign(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"schema": 99, "backends": {}}))
     with pytest.raises(ValueError, match="schema 1"):
         conformance_report.load(tmp_path / "old.json")
+
+
+def test_jax_paths_table_needs_no_jax():
+    """The docs build does not install JAX: the table of JAX paths comes from jax_plan.plan, which
+    must import and answer with JAX unimportable (a subprocess where importing jax fails)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['jax'] = None\n"
+            "from synth_docs import jax_paths_page\n"
+            "print(jax_paths_page.render())")
+    root = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": os.pathsep.join([str(root), str(root / "docs" / "_ext")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    from synth_docs import jax_paths_page
+
+    assert out.stdout.strip() == jax_paths_page.render().strip()
+    # header, rule, one row per variant and a second mixture row
+    assert out.stdout.count("\n| ") == len(sr.VARIANTS) + 3

@@ -10,10 +10,12 @@ Paths (``PATHS``), chosen per call:
     platform); on a GPU, softmax variants whose logits are a low-rank product plus biases go through
     :func:`jax.nn.dot_product_attention` (cuDNN's fused kernel for float16 / bfloat16 where cuDNN
     accepts the shapes, else its XLA form; float64 excluded: that form computes in float32).
-    Everything else: the reference (which XLA compiles; on CPU the rewrite would be the same math).
+    ``aft_simple`` is a prefix scan (below; any platform, on every fused path).  Everything else:
+    the reference (which XLA compiles; on CPU the rewrite would be the same math).
 ``"pallas"``
-    The Pallas kernels (:mod:`.jax_pallas_flash`, :mod:`.jax_pallas_aft`) compiled for the device;
-    written for the TPU lowering.  The TPU default.
+    The Pallas kernels (:mod:`.jax_pallas_flash`: every softmax variant and mixture;
+    :mod:`.jax_pallas_aft`: aft_full, aft_local, aft_conv) compiled for the device; written for the
+    TPU lowering.  The TPU default.  aft_simple takes the XLA scan here too.
 ``"pallas_interpret"``
     The same kernels under Pallas's interpreter (``interpret=True``): any platform, slow; how CI
     checks the kernels without a TPU.
@@ -21,20 +23,23 @@ Paths (``PATHS``), chosen per call:
 Default: ``select_path()`` -- the environment variable ``SYNTH_REF_JAX_PATH`` if set (one of
 ``PATHS``), else by platform (TPU: pallas, GPU: xla, CPU and others: reference).  Per call:
 ``apply(..., path=...)``.  :func:`plan` says which implementation a call would run (the visible
-flag): ``"reference"``, ``"xla-sdpa"``, ``"xla-random"``, ``"pallas-flash"`` or ``"pallas-aft"``.
+flag): ``"reference"``, ``"xla-sdpa"``, ``"xla-random"``, ``"xla-scan"``, ``"pallas-flash"`` or
+``"pallas-aft"`` (the table per platform and variant: docs/jax-paths.md, generated from it).
 Sharding: the reference and XLA paths partition under jax.sharding like any jnp code (batch and
 heads; tests/test_jax_sharding.py).  A pallas_call is opaque to XLA's sharding propagation, which
 would gather its operands, so on the Pallas path wrap the layer in ``jax.shard_map`` over the batch
 axis (parameters replicated, their gradients ``psum``-ed over the axis), as that test does.
 
-Variants with no fused form (factorized_dense and mixtures containing it, aft_simple) run the
-reference on every path; so do float16 and float64 on the compiled ``"pallas"`` path.
+Every variant has a fused form: factorized_dense (alone or in a mixture) on the Pallas paths (its
+logits built tile by tile in the flash kernel; on the XLA path it runs the reference, as its
+Hadamard product of gathers is no q k^T for dot_product_attention) and aft_simple as an XLA scan
+on every fused path.  float16 and float64 run the reference on the compiled ``"pallas"`` path
+(except aft_simple, whose scan is plain XLA).
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -43,59 +48,15 @@ import synth_ref as sr
 from synth_ref import _inputs
 
 from .jax_pallas_flash import accumulator
-
-PATHS = ("reference", "xla", "pallas", "pallas_interpret")
-ENV = "SYNTH_REF_JAX_PATH"
-_PLATFORM_PATH = {"tpu": "pallas", "gpu": "xla", "cuda": "xla", "rocm": "xla"}
-# Logit components that flash_attention expresses as q k^T + biases (no (B, l, l) array).
-_FLASH_COMPONENTS = {"dot_product", "dense", "random", "factorized_random"}
-_AFT_KERNEL_VARIANTS = {"aft_full", "aft_local", "aft_conv"}
-# Compiled Pallas kernels take the TPU's matmul dtypes; float16 and float64 run the reference there.
-# (The interpreter runs every dtype, so conformance checks the kernels' logic in all four.)
-_PALLAS_DTYPES = ("float32", "bfloat16")
-
-
-def check_path(path) -> str:
-    if path not in PATHS:
-        raise ValueError(f"path: expected one of {', '.join(PATHS)}; got {path!r}")
-    return path
-
-
-def select_path(path: str | None = None, platform: str | None = None) -> str:
-    """The path a call takes: ``path`` if given, else $SYNTH_REF_JAX_PATH, else by platform."""
-    if path is not None:
-        return check_path(path)
-    env = os.environ.get(ENV)
-    if env:
-        if env not in PATHS:
-            raise ValueError(f"{ENV}: expected one of {', '.join(PATHS)}; got {env!r}")
-        return env
-    platform = jax.default_backend() if platform is None else platform
-    return _PLATFORM_PATH.get(platform, "reference")
-
-
-def plan(spec: sr.Spec, *, masked: bool = False, path: str | None = None, platform: str | None = None,
-         dtype=None) -> str:
-    """The implementation :func:`apply` runs for this spec (``masked``: a key padding mask is given;
-    causal or not, the same implementation runs; ``dtype``: x's dtype, None for float32)."""
-    path = select_path(path, platform)
-    if path == "reference":
-        return "reference"
-    if path == "pallas" and dtype is not None and jnp.dtype(dtype).name not in _PALLAS_DTYPES:
-        return "reference"
-    if spec.family == "softmax":
-        if not set(spec.components_used) <= _FLASH_COMPONENTS:
-            return "reference"
-        if path == "xla":
-            if spec.components_used == ("random",) and not masked:
-                return "xla-random"
-            platform = jax.default_backend() if platform is None else platform
-            wide = dtype is not None and jnp.dtype(dtype) == jnp.float64
-            return "xla-sdpa" if _PLATFORM_PATH.get(platform) == "xla" and not wide else "reference"
-        return "pallas-flash"
-    if spec.variant in _AFT_KERNEL_VARIANTS and path in ("pallas", "pallas_interpret"):
-        return "pallas-aft"
-    return "reference"
+from .jax_plan import (  # noqa: F401 - re-exported: the dispatch's public names
+    ENV,
+    IMPLEMENTATIONS,
+    PATHS,
+    check_path,
+    default_path,
+    plan,
+    select_path,
+)
 
 
 def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_mask=None,
@@ -114,6 +75,8 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
     causal = _inputs.check_causal(spec, causal)
     p = _inputs.convert_params(spec, params, x, xp)
     mask = _inputs.convert_mask(spec, key_padding_mask, x, xp, batch, length)
+    if impl == "xla-scan":
+        return _aft_simple(p, x, causal, mask)
     interpret = select_path(path) == "pallas_interpret"
     if impl == "pallas-aft":
         from . import jax_pallas_aft
@@ -132,7 +95,8 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
 
             if mask is not None:  # padded keys: -inf in the key bias
                 key_bias = key_bias + jnp.where(mask, 0.0, -jnp.inf).astype(key_bias.dtype)[:, None, None, :]
-            o = flash_attention(v, key_bias, q=q, k=k, full_bias=full_bias, causal=causal,
+            o = flash_attention(v, key_bias, q=q, k=k, full_bias=full_bias,
+                                factorized=factorized_operands(spec, p, x), causal=causal,
                                 block_q=block_q, block_k=block_k, interpret=interpret)
     return _linear(_merge(o), p["w_o"], p["b_o"])
 
@@ -160,7 +124,7 @@ def logit_operands(spec, p, x):
     """(q, k, key_bias, full_bias) with S = q k^T + key_bias + full_bias equal to the spec's
     (mixed) logits: q (B or 1, h, l, w) and k likewise or both None; key_bias (1, h or 1, 1, l)
     in the accumulation dtype (float32, or float64 for float64 x); full_bias (h, l, l) or None.  Masks
-    are not included.
+    are not included, nor is a factorized_dense component (:func:`factorized_operands`).
 
     A mixture's weights scale each component's q (or bias), and the q / k pieces are concatenated
     along the feature axis: sum_c alpha_c q_c k_c^T = [alpha_c q_c]_c [k_c]_c^T."""
@@ -179,13 +143,14 @@ def logit_operands(spec, p, x):
         def scaled(t, a=a):
             return t if a is None else a * t
 
+        if comp == "factorized_dense":
+            continue  # the flash kernel's factorized term, not q k^T
         if comp == "dot_product":
             qq = _heads(_linear(x, p[pre + "w_q"], p[pre + "b_q"]), h) / math.sqrt(e)
             qs.append(scaled(qq))
             ks.append(_heads(_linear(x, p[pre + "w_k"], p[pre + "b_k"]), h))
         elif comp == "dense":
-            hid = jnp.einsum("bld,hde->bhle", x, p[pre + "w_1"]) + p[pre + "b_1"][None, :, None, :]
-            hid = jax.nn.relu(hid)
+            hid = _dense_hidden(x, p, pre)
             qs.append(scaled(hid))
             ks.append(jnp.transpose(p[pre + "w_2"][:, :, :l], (0, 2, 1))[None])  # static keys (1, h, l, e)
             key_bias = key_bias + scaled(p[pre + "b_2"][:, :l]).astype(acc)[None, :, None, :]
@@ -209,8 +174,100 @@ def logit_operands(spec, p, x):
     return cat(qs), cat(ks), key_bias, full_bias
 
 
+def _dense_hidden(x, p, pre):
+    """H = relu(x w_1 + b_1) per head: (B, h, l, e)."""
+    return jax.nn.relu(jnp.einsum("bld,hde->bhle", x, p[pre + "w_1"]) + p[pre + "b_1"][None, :, None, :])
+
+
+def factorized_operands(spec, p, x):
+    """The flash kernel's factorized term for a factorized_dense component (alone or in a mixture),
+    or None: (fa, fb, pa, pb) with fa = alpha (H w_a + b_a), fb = H w_b + b_b (B, h, l, a or b,
+    zero-padded to the one-hots' widths), alpha the component's mixture weight (1 alone), and the
+    one-hots of :func:`.jax_pallas_flash.factor_one_hots`.  Only the per-row factors are arrays
+    here; S[t, m] = A[t, p(m)] * Bf[t, q(m)] is formed inside the kernel, tile by tile."""
+    from .jax_pallas_flash import factor_one_hots
+
+    comps = spec.components_used
+    if "factorized_dense" not in comps:
+        return None
+    mixture = spec.variant == "mixture"
+    pre = "factorized_dense." if mixture else ""
+    l = x.shape[1]
+    pa, pb = factor_one_hots(l, spec.factors, spec.tiling, x.dtype)
+    hid = _dense_hidden(x, p, pre)
+
+    def factor(w, b, width):
+        f = jnp.einsum("bhle,hea->bhla", hid, p[pre + w]) + p[pre + b][None, :, None, :]
+        return jnp.pad(f, ((0, 0), (0, 0), (0, 0), (0, width - f.shape[-1])))
+
+    fa = factor("w_a", "b_a", pa.shape[1])
+    if mixture:
+        fa = jax.nn.softmax(p["mix_logits"])[comps.index("factorized_dense")] * fa
+    return fa, factor("w_b", "b_b", pb.shape[1]), pa, pb
+
+
 # ---------------------------------------------------------------------------------------------
 # the XLA path
+
+
+def _aft_simple(p, x, causal, mask):
+    """The aft_simple layer: projections, :func:`aft_simple_mix`, the sigmoid gate, the output."""
+    q = _linear(x, p["w_q"], p["b_q"])
+    mixed = aft_simple_mix(_linear(x, p["w_k"], p["b_k"]), _linear(x, p["w_v"], p["b_v"]), mask,
+                           causal=causal)
+    return _linear(jax.nn.sigmoid(q) * mixed, p["w_o"], p["b_o"])
+
+
+def aft_simple_mix(k, v, key_padding_mask=None, *, causal=False):
+    """aft_simple's weighted average Y (B, l, d) from K, V (B, l, d), in O(l d): with no position
+    bias Y[t, c] = sum_t' softmax_t'(K[:, c]) V[t', c] over allowed t'; key_padding_mask (B, l) or
+    None; rows with no allowed key give 0.  Computed in float32 (float64 for float64 inputs).
+
+    Non-causal: one max / exp / two sums per (batch, channel), shared by every row.  Causal: a prefix
+    scan over t of (max, num, den) triples, combined with the exact running max (num and den
+    rescaled by exp(old max - new max) <= 1), so each row is stabilized by the max over exactly its
+    own allowed keys: any finite K gives a finite output, no 0/0 however K is spread.
+
+    Why an XLA scan and not a Pallas kernel: the work is elementwise and memory-bound (no matmul for
+    the MXU / tensor cores to take), and ``lax.associative_scan`` does it in O(l d) work and
+    O(log l) parallel steps, each level an XLA fusion over the whole (B, l, d) array, on any
+    platform (GPU and CPU included, where no Pallas kernel is compiled).  A Pallas kernel would walk
+    the key blocks sequentially and still need an in-block cumulative max (the same log-step
+    shuffles), to save at most a few passes over an O(l d) array.  Gradients: JAX differentiates the
+    scan; the max is taken of ``stop_gradient(K)`` (the output does not depend on the shift), so the
+    gradient flows only through the linear num / den sums, and masked keys enter as exact zeros
+    (never exp(-inf - -inf))."""
+    dtype = v.dtype
+    acc = accumulator(dtype)
+    k, v = k.astype(acc), v.astype(acc)
+    ok = None if key_padding_mask is None else key_padding_mask[:, :, None]
+    if causal:
+        kz = k if ok is None else jnp.where(ok, k, 0.0)
+        top = jax.lax.stop_gradient(kz)
+        e = jnp.exp(kz - top)  # 1 in value; d e / d K = 1
+        m = top
+        if ok is not None:
+            e = jnp.where(ok, e, 0.0)
+            m = jnp.where(ok, top, -jnp.inf)
+        _, num, den = jax.lax.associative_scan(_scan_combine, (m, e * v, e), axis=1)
+    else:
+        kz = k if ok is None else jnp.where(ok, k, -jnp.inf)
+        top = jax.lax.stop_gradient(jnp.max(kz, axis=1, keepdims=True))
+        e = jnp.exp(kz - jnp.where(top == -jnp.inf, 0.0, top))  # masked: exp(-inf) = 0
+        num, den = jnp.sum(e * v, axis=1, keepdims=True), jnp.sum(e, axis=1, keepdims=True)
+    some = den > 0  # rows with no allowed key give 0
+    mixed = jnp.where(some, num / jnp.where(some, den, 1.0), 0.0)
+    return jnp.broadcast_to(mixed, k.shape).astype(dtype)
+
+
+def _scan_combine(a, b):
+    """(max, num, den) of two runs of keys: rescale both to the larger max (a max of -inf: no keys)."""
+    m1, n1, d1 = a
+    m2, n2, d2 = b
+    m = jnp.maximum(m1, m2)
+    s = jnp.where(m == -jnp.inf, 0.0, m)
+    c1, c2 = jnp.exp(m1 - s), jnp.exp(m2 - s)
+    return m, n1 * c1 + n2 * c2, d1 * c1 + d2 * c2
 
 
 def _random_folded(r, v, causal):

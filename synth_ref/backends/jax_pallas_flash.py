@@ -3,13 +3,23 @@
 Computes, per batch element b and head i, O = softmax(S) V with
 
     S = q k^T + key_bias[b, i] (a row vector over keys) + full_bias[i] (an (l x l) matrix)
+        + (fa pa^T) * (fb pb^T) (elementwise; the factorized term)
 
-where any of the three terms may be absent and q, k, key_bias may be shared by the whole batch
-(leading axis 1).  Masked keys carry -inf in key_bias; ``causal`` masks t' > t inside the kernel.
+where any of the terms but key_bias may be absent and q, k, key_bias may be shared by the whole
+batch (leading axis 1).  Masked keys carry -inf in key_bias; ``causal`` masks t' > t inside the kernel.
 A row with no allowed key gives 0 (and no gradient), as the spec requires.  This one kernel covers
 the dense synthesizer (q = relu(x W1 + b1), k = W2^T: static keys shared by the batch, key_bias =
 b2), dot-product attention, factorized random (q = R1, k = R2, both shared), random (full_bias = R,
-no q k^T) and any mixture of those (q and k concatenated along the feature axis, the R terms summed).
+no q k^T), factorized dense (below) and any mixture of those (q and k concatenated along the
+feature axis, the R terms summed, a mixture weight scaling fa).
+
+The factorized term.  Factorized dense has per-row factors A (l, a) and Bf (l, b) with
+S[t, m] = A[t, p(m)] * Bf[t, q(m)] (``outer`` tiling: p = m // b, q = m % b; ``tile``: p = m % a,
+q = m % b).  The gathers are matmuls with constant one-hot matrices pa[m, r] = [p(m) == r] and
+pb[m, s] = [q(m) == s] (columns zero-padded to 128 lanes): A_g = fa pa^T, Bf_g = fb pb^T, each a
+(rows x keys) tile product like q k^T, multiplied elementwise -- built tile by tile, never an
+(l x l) array.  Their gradients are per-row scatter-sums, again matmuls with the one-hots:
+d fa = (dS * Bf_g) pa, d fb = (dS * A_g) pb, accumulated in the dq kernel's loop over key blocks.
 
 TPU constraints honoured: every block's last two dimensions are multiples of (8, 128) or the whole
 array axis; matmuls take bf16 or f32 operands and accumulate in f32 (``preferred_element_type``);
@@ -18,15 +28,16 @@ matmul.  Tests run these kernels with ``interpret=True`` on CPU and lower them f
 (``lowering_platforms=("tpu",)``) to catch Mosaic lowering errors without a TPU.
 
 Backward: the usual flash recomputation from the saved log-sum-exp per row, in three kernels:
-dq (loop over key blocks), dk / dv / d key_bias (loop over query blocks), and, when a full bias is
-present, d full_bias summed over the batch inside the kernel (an (l x l) gradient per head, never
-(B, l, l)).
+dq and d fa / d fb (loop over key blocks), dk / dv / d key_bias (loop over query blocks), and, when
+a full bias is present, d full_bias summed over the batch inside the kernel (an (l x l) gradient
+per head, never (B, l, l)).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +52,20 @@ _INF = float("inf")
 # tiles shared by every kernel
 
 
-def _logits(i, j, bq, bk, causal, q_ref, k_ref, kb_ref, rb_ref):
-    """S for query block i, key block j: (bq, bk) f32, -inf where masked."""
+def _gathers(ins):
+    """(A_g, Bf_g) of the factorized term for this tile: (bq, bk) each.  The one-hot products are
+    exact gathers (one nonzero term per sum); HIGHEST keeps float32 factors unrounded on the MXU."""
+    acc = ins.kb.dtype
+    hi = jax.lax.Precision.HIGHEST
+    ag = jax.lax.dot_general(ins.fa[...], ins.pa[...], _NT, precision=hi, preferred_element_type=acc)
+    bg = jax.lax.dot_general(ins.fb[...], ins.pb[...], _NT, precision=hi, preferred_element_type=acc)
+    return ag, bg
+
+
+def _logits(i, j, bq, bk, causal, ins, gathers=None):
+    """S for query block i, key block j: (bq, bk) f32, -inf where masked.  ``gathers``: the
+    factorized term's (A_g, Bf_g) when the caller has them already."""
+    q_ref, k_ref, kb_ref, rb_ref = ins.q, ins.k, ins.kb, ins.rb
     acc = kb_ref.dtype  # the accumulation dtype (float32; float64 for float64 inputs)
     if q_ref is not None:
         s = jax.lax.dot_general(q_ref[...], k_ref[...], _NT, preferred_element_type=acc)
@@ -51,6 +74,9 @@ def _logits(i, j, bq, bk, causal, q_ref, k_ref, kb_ref, rb_ref):
     s = s + kb_ref[...].astype(acc)
     if rb_ref is not None:
         s = s + rb_ref[...].astype(acc)
+    if ins.fa is not None:
+        ag, bg = _gathers(ins) if gathers is None else gathers
+        s = s + ag * bg
     if causal:
         row = i * bq + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
         col = j * bk + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
@@ -65,14 +91,29 @@ def _visible(i, j, bq, bk, causal):
     return j * bk <= i * bq + bq - 1
 
 
-def _split(refs, has_qk, has_rb):
-    """Unpack (q, k, v, kb, rb) input refs; absent ones are None."""
+class _Ins(NamedTuple):
+    """A kernel's input refs (or arrays); absent ones are None."""
+    q: Any
+    k: Any
+    v: Any
+    kb: Any
+    rb: Any
+    fa: Any
+    fb: Any
+    pa: Any
+    pb: Any
+
+
+def _split(refs, has):
+    """Unpack the input refs present per ``has`` (q/k, rb, factorized) into an _Ins; the rest."""
+    has_qk, has_rb, has_fd = has
     refs = list(refs)
     q = refs.pop(0) if has_qk else None
     k = refs.pop(0) if has_qk else None
     v, kb = refs.pop(0), refs.pop(0)
     rb = refs.pop(0) if has_rb else None
-    return (q, k, v, kb, rb), refs
+    fd = [refs.pop(0) for _ in range(4)] if has_fd else [None] * 4
+    return _Ins(q, k, v, kb, rb, *fd), refs
 
 
 def _probs(s, lse):
@@ -84,9 +125,9 @@ def _probs(s, lse):
 # forward
 
 
-def _fwd_kernel(*refs, bq, bk, causal, has_qk, has_rb):
-    (q, k, v, kb, rb), (o_ref, lse_ref, m_sc, l_sc, acc_sc) = _split(refs, has_qk, has_rb)
-    acc = kb.dtype
+def _fwd_kernel(*refs, bq, bk, causal, has):
+    ins, (o_ref, lse_ref, m_sc, l_sc, acc_sc) = _split(refs, has)
+    acc = ins.kb.dtype
     i, j = pl.program_id(2), pl.program_id(3)
 
     @pl.when(j == 0)
@@ -97,14 +138,14 @@ def _fwd_kernel(*refs, bq, bk, causal, has_qk, has_rb):
 
     @pl.when(_visible(i, j, bq, bk, causal))
     def _step():
-        s = _logits(i, j, bq, bk, causal, q, k, kb, rb)
+        s = _logits(i, j, bq, bk, causal, ins)
         m_prev = m_sc[...]
         m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
         shift = jnp.where(m_new == -_INF, 0.0, m_new)  # rows with nothing allowed yet: exp(-inf) = 0
         p = jnp.exp(s - shift)
         alpha = jnp.exp(m_prev - shift)
         l_sc[...] = alpha * l_sc[...] + jnp.sum(p, axis=1, keepdims=True)
-        vv = v[...]
+        vv = ins.v[...]
         pv = jnp.dot(p.astype(vv.dtype), vv, preferred_element_type=acc)
         acc_sc[...] = alpha * acc_sc[...] + pv
         m_sc[...] = m_new
@@ -121,38 +162,54 @@ def _fwd_kernel(*refs, bq, bk, causal, has_qk, has_rb):
 # backward
 
 
-def _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref):
+def _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref, gathers=None):
     """(P, dS) for block (i, j): dS = P * (dO V^T - rowsum(dO * O))."""
-    q, k, v, kb, rb = ins
-    acc = kb.dtype
-    s = _logits(i, j, bq, bk, causal, q, k, kb, rb)
+    acc = ins.kb.dtype
+    s = _logits(i, j, bq, bk, causal, ins, gathers)
     p = _probs(s, lse_ref[...])
-    dp = jax.lax.dot_general(do_ref[...], v[...], _NT, preferred_element_type=acc)
+    dp = jax.lax.dot_general(do_ref[...], ins.v[...], _NT, preferred_element_type=acc)
     return p, p * (dp - di_ref[...])
 
 
-def _dq_kernel(*refs, bq, bk, causal, has_rb):
-    ins, (do_ref, lse_ref, di_ref, dq_ref, dq_sc) = _split(refs, True, has_rb)
-    acc = dq_sc.dtype
+def _drow_kernel(*refs, bq, bk, causal, has):
+    """Gradients of the per-query-row operands: dq (q k^T) and d fa, d fb (factorized term)."""
+    has_qk, _, has_fd = has
+    ins, rest = _split(refs, has)
+    do_ref, lse_ref, di_ref = rest[:3]
+    n_out = has_qk + 2 * has_fd
+    outs, scs = rest[3:3 + n_out], rest[3 + n_out:]
+    acc = ins.kb.dtype
     i, j = pl.program_id(2), pl.program_id(3)
 
     @pl.when(j == 0)
     def _init():
-        dq_sc[...] = jnp.zeros(dq_sc.shape, acc)
+        for sc in scs:
+            sc[...] = jnp.zeros(sc.shape, acc)
 
     @pl.when(_visible(i, j, bq, bk, causal))
     def _step():
-        _, ds = _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref)
-        kk = ins[1][...]
-        dq_sc[...] += jnp.dot(ds.astype(kk.dtype), kk, preferred_element_type=acc)
+        gathers = _gathers(ins) if has_fd else None
+        _, ds = _ds(i, j, bq, bk, causal, ins, do_ref, lse_ref, di_ref, gathers)
+        n = 0
+        if has_qk:
+            kk = ins.k[...]
+            scs[0][...] += jnp.dot(ds.astype(kk.dtype), kk, preferred_element_type=acc)
+            n = 1
+        if has_fd:  # per-row scatter-sums: (dS * other factor) @ one-hot
+            ag, bg = gathers
+            pa, pb = ins.pa[...], ins.pb[...]
+            scs[n][...] += jnp.dot((ds * bg).astype(pa.dtype), pa, preferred_element_type=acc)
+            scs[n + 1][...] += jnp.dot((ds * ag).astype(pb.dtype), pb, preferred_element_type=acc)
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _finish():
-        dq_ref[...] = dq_sc[...]
+        for out, sc in zip(outs, scs, strict=True):
+            out[...] = sc[...]
 
 
-def _dkv_kernel(*refs, bq, bk, causal, has_qk, has_rb):
-    ins, rest = _split(refs, has_qk, has_rb)
+def _dkv_kernel(*refs, bq, bk, causal, has):
+    has_qk = has[0]
+    ins, rest = _split(refs, has)
     do_ref, lse_ref, di_ref = rest[:3]
     rest = rest[3:]
     if has_qk:
@@ -175,7 +232,7 @@ def _dkv_kernel(*refs, bq, bk, causal, has_qk, has_rb):
         dov = do_ref[...]
         dv_sc[...] += jnp.dot(p.T.astype(dov.dtype), dov, preferred_element_type=acc)
         if has_qk:
-            qq = ins[0][...]
+            qq = ins.q[...]
             dk_sc[...] += jnp.dot(ds.T.astype(qq.dtype), qq, preferred_element_type=acc)
         dkb_sc[...] += jnp.sum(ds, axis=0, keepdims=True)
 
@@ -187,8 +244,8 @@ def _dkv_kernel(*refs, bq, bk, causal, has_qk, has_rb):
         dkb_ref[...] = dkb_sc[...]
 
 
-def _drb_kernel(*refs, bq, bk, causal, has_qk):
-    ins, (do_ref, lse_ref, di_ref, drb_ref) = _split(refs, has_qk, True)
+def _drb_kernel(*refs, bq, bk, causal, has):
+    ins, (do_ref, lse_ref, di_ref, drb_ref) = _split(refs, has)
     acc = drb_ref.dtype
     i, j, b = pl.program_id(1), pl.program_id(2), pl.program_id(3)  # grid (h, q block, k block, b)
 
@@ -236,27 +293,33 @@ def _clamp_q(causal, bq, bk):
     return lambda j, i: jnp.maximum(i, _idiv(j * bk, bq))
 
 
-def _specs(shapes, bq, bk, qi, ki, order):
-    """BlockSpecs for (q, k, v, kb, rb) given how grid indices map to (b, h, query block, key block).
+def _specs(ins, bq, bk, qi, ki, order):
+    """BlockSpecs for the present operands of ``ins`` (an _Ins of arrays) given how grid indices map
+    to (b, h, query block, key block).
 
     ``order(*grid) -> (b, h, i, j)`` and qi / ki remap the query / key block index (causal clamps).
-    Arrays with a leading axis of 1 are shared by the batch (or heads, for kb) and always read at 0."""
-    qs, ks, vs, kbs, rbs = shapes
+    Arrays with a leading axis of 1 are shared by the batch (or heads, for kb) and always read at 0.
+    The factorized term: fa, fb per query row (B, h, l, width), the one-hots pa, pb per key (l, width)."""
     out = []
 
     def lead(n, b):
         return b if n > 1 else 0
 
-    if qs is not None:
-        out.append(pl.BlockSpec((None, None, bq, qs[3]), lambda *g: (
-            lead(qs[0], order(*g)[0]), order(*g)[1], qi(*g), 0)))
-        out.append(pl.BlockSpec((None, None, bk, ks[3]), lambda *g: (
-            lead(ks[0], order(*g)[0]), order(*g)[1], ki(*g), 0)))
-    out.append(pl.BlockSpec((None, None, bk, vs[3]), lambda *g: (order(*g)[0], order(*g)[1], ki(*g), 0)))
+    def rows(a, block, idx):
+        return pl.BlockSpec((None, None, block, a.shape[3]), lambda *g: (
+            lead(a.shape[0], order(*g)[0]), order(*g)[1], idx(*g), 0))
+
+    if ins.q is not None:
+        out += [rows(ins.q, bq, qi), rows(ins.k, bk, ki)]
+    out.append(rows(ins.v, bk, ki))
+    kbs = ins.kb.shape
     out.append(pl.BlockSpec((None, None, 1, bk), lambda *g: (
         lead(kbs[0], order(*g)[0]), lead(kbs[1], order(*g)[1]), 0, ki(*g))))
-    if rbs is not None:
+    if ins.rb is not None:
         out.append(pl.BlockSpec((None, bq, bk), lambda *g: (order(*g)[1], qi(*g), ki(*g))))
+    if ins.fa is not None:
+        out += [rows(ins.fa, bq, qi), rows(ins.fb, bq, qi)]
+        out += [pl.BlockSpec((bk, t.shape[1]), lambda *g: (ki(*g), 0)) for t in (ins.pa, ins.pb)]
     return out
 
 
@@ -269,73 +332,73 @@ def _params(*semantics):
     return pltpu.CompilerParams(dimension_semantics=semantics)
 
 
-def _operands(q, k, v, kb, rb):
-    return [a for a in (q, k, v, kb, rb) if a is not None]
+def _has(ins):
+    return ins.q is not None, ins.rb is not None, ins.fa is not None
 
 
-def _shapes(q, k, v, kb, rb):
-    return tuple(None if a is None else a.shape for a in (q, k, v, kb, rb))
+def _operands(ins):
+    return [a for a in ins if a is not None]
 
 
-def _forward(q, k, v, kb, rb, *, causal, bq, bk, interpret):
-    acc = kb.dtype
-    B, h, lp, e = v.shape
+def _forward(ins, *, causal, bq, bk, interpret):
+    acc = ins.kb.dtype
+    B, h, lp, e = ins.v.shape
     nq, nk = lp // bq, lp // bk
-    has_qk, has_rb = q is not None, rb is not None
-    shapes = _shapes(q, k, v, kb, rb)
     kc = _clamp_k(causal, bq, bk)
 
     def order(b, hh, i, j):
         return b, hh, i, j
 
-    in_specs = _specs(shapes, bq, bk, lambda b, hh, i, j: i, lambda b, hh, i, j: kc(i, j), order)
-    kernel = functools.partial(_fwd_kernel, bq=bq, bk=bk, causal=causal, has_qk=has_qk, has_rb=has_rb)
+    in_specs = _specs(ins, bq, bk, lambda b, hh, i, j: i, lambda b, hh, i, j: kc(i, j), order)
+    kernel = functools.partial(_fwd_kernel, bq=bq, bk=bk, causal=causal, has=_has(ins))
     return pl.pallas_call(
         kernel,
         grid=(B, h, nq, nk),
         in_specs=in_specs,
         out_specs=[_row_spec(bq, e, order, lambda b, hh, i, j: i),
                    _row_spec(bq, 1, order, lambda b, hh, i, j: i)],
-        out_shape=[jax.ShapeDtypeStruct((B, h, lp, e), v.dtype),
+        out_shape=[jax.ShapeDtypeStruct((B, h, lp, e), ins.v.dtype),
                    jax.ShapeDtypeStruct((B, h, lp, 1), acc)],
         scratch_shapes=[pltpu.VMEM((bq, 1), acc), pltpu.VMEM((bq, 1), acc),
                         pltpu.VMEM((bq, e), acc)],
         compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
         interpret=interpret,
         name="synth_flash_fwd",
-    )(*_operands(q, k, v, kb, rb))
+    )(*_operands(ins))
 
 
-def _backward(q, k, v, kb, rb, o, lse, do, *, causal, bq, bk, interpret):
-    acc = kb.dtype
-    B, h, lp, e = v.shape
+def _backward(ins, o, lse, do, *, causal, bq, bk, interpret):
+    acc = ins.kb.dtype
+    B, h, lp, e = ins.v.shape
     nq, nk = lp // bq, lp // bk
-    has_qk, has_rb = q is not None, rb is not None
-    shapes = _shapes(q, k, v, kb, rb)
-    ops = _operands(q, k, v, kb, rb)
+    has = _has(ins)
+    has_qk, has_rb, has_fd = has
+    ops = _operands(ins)
     di = jnp.sum(do.astype(acc) * o.astype(acc), axis=-1, keepdims=True)
     extra = (do, lse, di)
     kc, qc = _clamp_k(causal, bq, bk), _clamp_q(causal, bq, bk)
     grads = {}
 
-    if has_qk:  # dq: grid (b, h, i, j), j innermost
+    if has_qk or has_fd:  # dq, d fa, d fb: grid (b, h, i, j), j innermost
         def o_q(b, hh, i, j):
             return b, hh, i, j
 
         qi, ki = (lambda b, hh, i, j: i), (lambda b, hh, i, j: kc(i, j))
-        w = q.shape[3]
-        grads["q"] = pl.pallas_call(
-            functools.partial(_dq_kernel, bq=bq, bk=bk, causal=causal, has_rb=has_rb),
+        names = (["q"] if has_qk else []) + (["fa", "fb"] if has_fd else [])
+        widths = [getattr(ins, n).shape[3] for n in names]
+        res = pl.pallas_call(
+            functools.partial(_drow_kernel, bq=bq, bk=bk, causal=causal, has=has),
             grid=(B, h, nq, nk),
-            in_specs=_specs(shapes, bq, bk, qi, ki, o_q)
+            in_specs=_specs(ins, bq, bk, qi, ki, o_q)
             + [_row_spec(bq, e, o_q, qi), _row_spec(bq, 1, o_q, qi), _row_spec(bq, 1, o_q, qi)],
-            out_specs=_row_spec(bq, w, o_q, qi),
-            out_shape=jax.ShapeDtypeStruct((B, h, lp, w), acc),
-            scratch_shapes=[pltpu.VMEM((bq, w), acc)],
+            out_specs=[_row_spec(bq, w, o_q, qi) for w in widths],
+            out_shape=[jax.ShapeDtypeStruct((B, h, lp, w), acc) for w in widths],
+            scratch_shapes=[pltpu.VMEM((bq, w), acc) for w in widths],
             compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
             interpret=interpret,
             name="synth_flash_dq",
         )(*ops, *extra)
+        grads.update(zip(names, res, strict=True))
 
     # dk, dv, d key_bias: grid (b, h, j, i), i innermost
     def o_kv(b, hh, j, i):
@@ -345,7 +408,7 @@ def _backward(q, k, v, kb, rb, o, lse, do, *, causal, bq, bk, interpret):
     key_row = lambda width: pl.BlockSpec((None, None, bk, width), lambda b, hh, j, i: (b, hh, j, 0))  # noqa: E731
     out_specs, out_shape, scratch = [], [], []
     if has_qk:
-        w = q.shape[3]
+        w = ins.q.shape[3]
         out_specs.append(key_row(w))
         out_shape.append(jax.ShapeDtypeStruct((B, h, lp, w), acc))
         scratch.append(pltpu.VMEM((bk, w), acc))
@@ -354,9 +417,9 @@ def _backward(q, k, v, kb, rb, o, lse, do, *, causal, bq, bk, interpret):
                   jax.ShapeDtypeStruct((B, h, 1, lp), acc)]
     scratch += [pltpu.VMEM((bk, e), acc), pltpu.VMEM((1, bk), acc)]
     res = pl.pallas_call(
-        functools.partial(_dkv_kernel, bq=bq, bk=bk, causal=causal, has_qk=has_qk, has_rb=has_rb),
+        functools.partial(_dkv_kernel, bq=bq, bk=bk, causal=causal, has=has),
         grid=(B, h, nk, nq),
-        in_specs=_specs(shapes, bq, bk, qi, ki, o_kv)
+        in_specs=_specs(ins, bq, bk, qi, ki, o_kv)
         + [_row_spec(bq, e, o_kv, qi), _row_spec(bq, 1, o_kv, qi), _row_spec(bq, 1, o_kv, qi)],
         out_specs=out_specs,
         out_shape=out_shape,
@@ -375,9 +438,9 @@ def _backward(q, k, v, kb, rb, o, lse, do, *, causal, bq, bk, interpret):
 
         qi, ki = (lambda hh, i, j, b: i), (lambda hh, i, j, b: kc(i, j))
         grads["rb"] = pl.pallas_call(
-            functools.partial(_drb_kernel, bq=bq, bk=bk, causal=causal, has_qk=has_qk),
+            functools.partial(_drb_kernel, bq=bq, bk=bk, causal=causal, has=has),
             grid=(h, nq, nk, B),
-            in_specs=_specs(shapes, bq, bk, qi, ki, o_r)
+            in_specs=_specs(ins, bq, bk, qi, ki, o_r)
             + [_row_spec(bq, e, o_r, qi), _row_spec(bq, 1, o_r, qi), _row_spec(bq, 1, o_r, qi)],
             # unclamped: blocks above a causal diagonal are written once, as zeros
             out_specs=pl.BlockSpec((None, bq, bk), lambda hh, i, j, b: (hh, i, j)),
@@ -393,14 +456,14 @@ def _backward(q, k, v, kb, rb, o, lse, do, *, causal, bq, bk, interpret):
 # custom VJP on padded operands
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _core(q, k, v, kb, rb, causal, bq, bk, interpret):
-    return _forward(q, k, v, kb, rb, causal=causal, bq=bq, bk=bk, interpret=interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _core(ins, causal, bq, bk, interpret):
+    return _forward(ins, causal=causal, bq=bq, bk=bk, interpret=interpret)[0]
 
 
-def _core_fwd(q, k, v, kb, rb, causal, bq, bk, interpret):
-    o, lse = _forward(q, k, v, kb, rb, causal=causal, bq=bq, bk=bk, interpret=interpret)
-    return o, (q, k, v, kb, rb, o, lse)
+def _core_fwd(ins, causal, bq, bk, interpret):
+    o, lse = _forward(ins, causal=causal, bq=bq, bk=bk, interpret=interpret)
+    return o, (ins, o, lse)
 
 
 def _reduce_to(g, like):
@@ -412,12 +475,18 @@ def _reduce_to(g, like):
 
 
 def _core_bwd(causal, bq, bk, interpret, res, do):
-    q, k, v, kb, rb, o, lse = res
-    g = _backward(q, k, v, kb, rb, o, lse, do, causal=causal, bq=bq, bk=bk, interpret=interpret)
-    dq = None if q is None else _reduce_to(g["q"], q)
-    dk = None if k is None else _reduce_to(g["k"], k)
-    drb = None if rb is None else g["rb"].astype(rb.dtype)
-    return dq, dk, g["v"].astype(v.dtype), _reduce_to(g["kb"], kb), drb
+    ins, o, lse = res
+    g = _backward(ins, o, lse, do, causal=causal, bq=bq, bk=bk, interpret=interpret)
+
+    def grad(name):
+        like = getattr(ins, name)
+        if like is None:
+            return None
+        if name in ("pa", "pb"):  # constant one-hots
+            return jnp.zeros_like(like)
+        return _reduce_to(g[name], like)
+
+    return (_Ins(*(grad(n) for n in _Ins._fields)),)
 
 
 _core.defvjp(_core_fwd, _core_bwd)
@@ -440,13 +509,36 @@ def block_sizes(length: int, block_q: int, block_k: int) -> tuple[int, int, int]
     return block_q, block_k, -(-length // step) * step
 
 
-def flash_attention(v, key_bias, *, q=None, k=None, full_bias=None, causal=False,
+_LANES = 128  # factor widths are zero-padded to whole lanes (TPU vregs are 8 x 128)
+
+
+def factor_one_hots(length: int, factors: tuple[int, int], tiling: str, dtype):
+    """(pa, pb): (length, 128-padded a) and (length, 128-padded b) one-hots of p(m) and q(m) for the
+    factorized term; ``tiling`` "outer" (p = m // b) or "tile" (p = m % a); q = m % b in both."""
+    na, nb = factors
+    if tiling not in ("outer", "tile"):
+        raise ValueError(f"tiling: expected 'outer' or 'tile'; got {tiling!r}")
+    m = jnp.arange(length)
+    p = m // nb if tiling == "outer" else m % na
+
+    def one_hot(idx, n):
+        width = -(-n // _LANES) * _LANES
+        return (idx[:, None] == jnp.arange(width)[None, :]).astype(dtype)
+
+    return one_hot(p, na), one_hot(m % nb, nb)
+
+
+def flash_attention(v, key_bias, *, q=None, k=None, full_bias=None, factorized=None, causal=False,
                     block_q=128, block_k=128, interpret=False):
-    """softmax(q k^T + key_bias + full_bias) v per (batch, head); differentiable (custom VJP).
+    """softmax(q k^T + key_bias + full_bias + factorized term) v per (batch, head); differentiable
+    (custom VJP) in everything but the one-hots.
 
     v: (B, h, l, e).  key_bias: (B or 1, h or 1, 1, l), -inf at masked keys.  q, k: (B or 1, h, l, w)
-    or both None.  full_bias: (h, l, l) or None.  Block sizes are multiples of 8 (on TPU, block_k a
-    multiple of 128 unless the whole input is one block).  Returns (B, h, l, e) in v's dtype."""
+    or both None.  full_bias: (h, l, l) or None.  factorized: None or (fa, fb, pa, pb) with fa
+    (B, h, l, wa), fb (B, h, l, wb) and the one-hots pa (l, wa), pb (l, wb) of
+    :func:`factor_one_hots` (fa, fb zero-padded to the same widths), adding (fa pa^T) * (fb pb^T).
+    Block sizes are multiples of 8 (on TPU, block_k a multiple of 128 unless the whole input is one
+    block).  Returns (B, h, l, e) in v's dtype."""
     B, h, l, e = v.shape
     if (q is None) != (k is None):
         raise ValueError("q, k: expected both or neither; got only one")
@@ -454,10 +546,11 @@ def flash_attention(v, key_bias, *, q=None, k=None, full_bias=None, causal=False
     pad = lp - l
 
     def rows(a):
-        return None if a is None else jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        return None if a is None else jnp.pad(a, ((0, 0),) * (a.ndim - 2) + ((0, pad), (0, 0)))
 
     acc = accumulator(v.dtype)
     kb = jnp.pad(key_bias.astype(acc), ((0, 0), (0, 0), (0, 0), (0, pad)), constant_values=-_INF)
     rb = None if full_bias is None else jnp.pad(full_bias, ((0, 0), (0, pad), (0, pad)))
-    o = _core(rows(q), rows(k), rows(v), kb, rb, bool(causal), bq, bk, interpret)
+    fd = [None] * 4 if factorized is None else [rows(t) for t in factorized]
+    o = _core(_Ins(rows(q), rows(k), rows(v), kb, rb, *fd), bool(causal), bq, bk, interpret)
     return o[:, :, :l, :]

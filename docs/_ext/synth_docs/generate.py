@@ -8,7 +8,7 @@ from pathlib import Path
 
 import synth_ref as sr
 
-from . import api_page, benchmarks_page, conformance_report, heatmap, samples, variant_page
+from . import api_page, benchmarks_page, conformance_report, heatmap, jax_paths_page, samples, variant_page
 from . import markdown as md
 
 
@@ -68,6 +68,7 @@ def generate(out: Path, warn=print) -> dict:
     write_if_changed(out / "benchmarks.md", bench_md)
     timings["benchmarks"] = time.perf_counter() - t0
     write_if_changed(out / "api.md", api_page.render())
+    write_if_changed(out / "jax_paths.md", jax_paths_page.render())
 
     # A page or figure that this build did not write (a variant renamed, results removed) must go.
     for path in sorted(out.rglob("*"), reverse=True):

@@ -1,0 +1,91 @@
+"""Which implementation a JAX call runs: the path (``PATHS``) and, per spec, :func:`plan`.
+
+Kept apart from the kernels and importable without JAX (jax is imported only to ask for the default
+platform when none is given), so that the docs can generate the table of paths from :func:`plan`
+itself.  :mod:`.jax_pallas` re-exports everything here and documents the paths.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+PATHS = ("reference", "xla", "pallas", "pallas_interpret")
+ENV = "SYNTH_REF_JAX_PATH"
+#: Every name :func:`plan` returns.
+IMPLEMENTATIONS = ("reference", "xla-sdpa", "xla-random", "xla-scan", "pallas-flash", "pallas-aft")
+_PLATFORM_PATH = {"tpu": "pallas", "gpu": "xla", "cuda": "xla", "rocm": "xla"}
+# Logit components that dot_product_attention takes as q k^T + biases (no (B, l, l) array).
+_SDPA_COMPONENTS = {"dot_product", "dense", "random", "factorized_random"}
+# The flash kernel also builds factorized_dense's logits tile by tile (its elementwise product of
+# two gathers is no q k^T for dot_product_attention).
+_FLASH_COMPONENTS = _SDPA_COMPONENTS | {"factorized_dense"}
+_AFT_KERNEL_VARIANTS = {"aft_full", "aft_local", "aft_conv"}
+# Compiled Pallas kernels take the TPU's matmul dtypes; float16 and float64 run the reference there.
+# (The interpreter runs every dtype, so conformance checks the kernels' logic in all four.)
+_PALLAS_DTYPES = ("float32", "bfloat16")
+
+
+def check_path(path) -> str:
+    if path not in PATHS:
+        raise ValueError(f"path: expected one of {', '.join(PATHS)}; got {path!r}")
+    return path
+
+
+def _platform(platform):
+    if platform is not None:
+        return platform
+    import jax
+
+    return jax.default_backend()
+
+
+def default_path(platform: str) -> str:
+    """The path a platform takes when neither an argument nor $SYNTH_REF_JAX_PATH names one."""
+    return _PLATFORM_PATH.get(platform, "reference")
+
+
+def select_path(path: str | None = None, platform: str | None = None) -> str:
+    """The path a call takes: ``path`` if given, else $SYNTH_REF_JAX_PATH, else by platform."""
+    if path is not None:
+        return check_path(path)
+    env = os.environ.get(ENV)
+    if env:
+        if env not in PATHS:
+            raise ValueError(f"{ENV}: expected one of {', '.join(PATHS)}; got {env!r}")
+        return env
+    return default_path(_platform(platform))
+
+
+def _dtype_name(dtype):
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    return np.dtype(dtype).name  # jax's bfloat16 is a NumPy dtype once jax (ml_dtypes) is loaded
+
+
+def plan(spec, *, masked: bool = False, path: str | None = None, platform: str | None = None,
+         dtype=None) -> str:
+    """The implementation :func:`apply` runs for this spec, one of ``IMPLEMENTATIONS`` (``masked``: a
+    key padding mask is given; causal or not, the same implementation runs; ``dtype``: x's dtype,
+    None for float32; ``platform``: as if on that platform, None for JAX's default)."""
+    path = select_path(path, platform)
+    if path == "reference":
+        return "reference"
+    name = _dtype_name(dtype)
+    if spec.variant == "aft_simple":  # XLA only (no kernel), so every dtype on every fused path
+        return "xla-scan"
+    kernel_dtype = not (path == "pallas" and name is not None and name not in _PALLAS_DTYPES)
+    if spec.family == "softmax":
+        comps = set(spec.components_used)
+        if path == "xla":
+            if not comps <= _SDPA_COMPONENTS:
+                return "reference"
+            if comps == {"random"} and not masked:
+                return "xla-random"
+            gpu = _PLATFORM_PATH.get(_platform(platform)) == "xla"
+            return "xla-sdpa" if gpu and name != "float64" else "reference"
+        return "pallas-flash" if comps <= _FLASH_COMPONENTS and kernel_dtype else "reference"
+    if spec.variant in _AFT_KERNEL_VARIANTS and path != "xla" and kernel_dtype:
+        return "pallas-aft"
+    return "reference"
