@@ -69,6 +69,9 @@ CONFORMANCE_DEPS = {
 }
 # jax compiles every shape twice (apply, vjp), the interpreters are slow: spread them over the cores
 CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-triton-interpret": "auto"}
+# The interpreters run the kernels' logic at 10-100x the reference's cost: a smaller grid
+# (cases.grid's "kernels" profile) keeps CI inside its time; SYNTH_REF_PROFILE overrides.
+CONFORMANCE_PROFILE = {"torch-triton-interpret": "kernels", "jax-pallas-interpret": "kernels"}
 # Triton decides at import whether its kernels are interpreted (the kernels' CPU path)
 CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}}
 NEEDS_NVIDIA = ("torch-cuda", "cupy")
@@ -83,7 +86,7 @@ def _nvidia_driver() -> bool:
 @nox.parametrize("backend", CONFORMANCE_BACKENDS)
 def conformance(session, backend):
     """Certify one backend against the reference; extra arguments after -- go to pytest."""
-    profile = os.environ.get("SYNTH_REF_PROFILE", "ci")
+    profile = os.environ.get("SYNTH_REF_PROFILE") or CONFORMANCE_PROFILE.get(backend, "ci")
     report = str(ROOT / "conformance-report.json")
     cli = ["python", "-m", "synth_ref.conformance", "--backend", backend, "--profile", profile,
            "--report", report]

@@ -321,6 +321,25 @@ _SECONDARY = [
     ("odd", False, "none", "normal", HI, F64),
     ("odd", False, "none", "large", HI, F64),
 ]
+# The kernels profile: for the interpreter backends (torch-triton-interpret, jax-pallas-interpret),
+# which run the GPU/TPU kernels' logic on CPU at 10-100x the reference's cost.  Every kernel branch
+# still meets a case -- full and odd lengths and length 1 (one partial tile), causal or not, no
+# mask / random / all-but-one / fully masked rows, large logits -- in float64 (the logic, at gold
+# precision) and float32, gradients included; a low-precision row for adapters that claim one.
+_KERNEL_PRIMARY = [
+    ("L", False, "none", "normal", HI, HI),
+    ("L", True, "random", "large", HI, HI),
+    ("L", True, "random", "normal", ALL, ALL),
+    ("L", False, "all_masked", "large", HI, F64),
+    ("L", True, "all_but_one", "normal", HI, F64),
+    ("odd", False, "random", "normal", HI, F64),
+    ("odd", True, "none", "large", HI, F64),
+    ("1", True, "random", "normal", HI, F64),
+]
+_KERNEL_SECONDARY = [
+    ("L", True, "random", "normal", HI, F64),
+    ("odd", False, "none", "normal", HI, F64),
+]
 _GRIDS_2D = [
     ((3, 4), "normal", ALL, HI),
     ((3, 4), "large", ALL, F64),
@@ -337,13 +356,21 @@ def _length(tag: str) -> int:
     return {"L": MAX_LEN, "odd": ODD_LEN, "1": 1}[tag]
 
 
+PROFILES = ("ci", "kernels", "deep")
+
+
 def grid(profile: str = "ci", variants=None) -> list[Case]:
     """The fixed grid.  ``ci``: every configuration; the primary one of each variant under every
     condition, the others under a few; forward checks in float64 and float32 everywhere and in
     every dtype on full-length rows, gradient checks in float64 everywhere and in lower precision
-    on some full-length rows.  ``deep``: every condition for every configuration, every dtype,
-    forward and gradient, batch 2 and 3."""
+    on some full-length rows.  ``kernels``: the same configurations under fewer conditions (see
+    ``_KERNEL_PRIMARY``), for the interpreter backends.  ``deep``: every condition for every
+    configuration, every dtype, forward and gradient, batch 2 and 3."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile: expected one of {PROFILES}; got {profile!r}")
     deep = profile == "deep"
+    kernels = profile == "kernels"
+    primary, secondary = (_KERNEL_PRIMARY, _KERNEL_SECONDARY) if kernels else (_PRIMARY, _SECONDARY)
     cases = []
     for variant, configs in CONFIGS.items():
         if variants is not None and variant not in variants:
@@ -351,13 +378,13 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
         for i, opts in enumerate(configs):
             spec = _spec(variant, opts)
             if opts.get("spatial_dims") == 2:
-                for shape, values, fwd, grad in _GRIDS_2D:
+                for shape, values, fwd, grad in _GRIDS_2D[:2] if kernels else _GRIDS_2D:
                     if deep:
                         fwd = grad = ALL
                     cases.append(Case(spec, 2, shape, False, "none", values, seed=len(cases),
                                       dtypes=fwd, grad_dtypes=grad))
                 continue
-            conds = _PRIMARY if (i == 0 or deep) else _SECONDARY
+            conds = primary if (i == 0 or deep) else secondary
             if deep:
                 conds = conds + _SECONDARY
             even = variant == "aft_conv" and opts["kernel_size"] % 2 == 0

@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="an adapter that is not registered: package.module:object")
     p.add_argument("--variant", action="append", default=[],
                    help="check only this variant (repeatable)")
-    p.add_argument("--profile", choices=("ci", "deep"), default="ci",
-                   help="ci: fixed derandomized grid + a few drawn cases (default); deep: much more")
+    p.add_argument("--profile", choices=("ci", "kernels", "deep"), default="ci",
+                   help="ci: fixed derandomized grid + a few drawn cases (default); kernels: a smaller "
+                        "grid for the interpreter backends; deep: much more")
     p.add_argument("--report", default="conformance-report.json",
                    help="JSON report to merge into (the Markdown matrix goes next to it)")
     p.add_argument("-n", "--workers", default=None,

@@ -69,8 +69,9 @@ def pytest_addoption(parser):
                 help="backend to certify (repeatable, or comma-separated; 'all' for every one)")
     g.addoption("--adapter", action="append", default=[],
                 help="certify the adapter at package.module:object (repeatable)")
-    g.addoption("--profile", default="ci", choices=("ci", "deep"),
-                help="ci: fixed derandomized grid and few drawn cases; deep: more of both")
+    g.addoption("--profile", default="ci", choices=("ci", "kernels", "deep"),
+                help="ci: fixed derandomized grid and few drawn cases; kernels: fewer, for the "
+                     "interpreter backends; deep: more of both")
     g.addoption("--variant", action="append", default=[],
                 help="check only these variants (repeatable, or comma-separated)")
     g.addoption("--report", default=None,
@@ -87,6 +88,8 @@ def _hypothesis_profiles():
         print_blob=True,
     )
     settings.register_profile("synth-ref-ci", max_examples=12, derandomize=True, database=None, **common)
+    settings.register_profile("synth-ref-kernels", max_examples=4, derandomize=True, database=None,
+                              **common)
     settings.register_profile("synth-ref-deep", max_examples=300, **common)
 
 
