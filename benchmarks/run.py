@@ -99,6 +99,8 @@ def _run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
         "versions": machine.versions(),
         "settings": st.to_json(),
     }
+    if not why and st.device == "cpu":
+        doc["device"]["timing_allocator"] = measure.TIMING_ALLOCATOR
     log(f"{st.mode}: {doc['device']['name']}; calibrating")
     doc["calibration"] = machine.calibrate(
         st.device, st.dtypes, matmul_n=st.matmul_n, copy_bytes=st.copy_bytes
