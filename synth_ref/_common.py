@@ -74,7 +74,10 @@ def stable_exp(xp, s, allowed, axis):
         return xp.exp(s - xp.max(s, axis=axis, keepdims=True))
     z = xp.where(allowed, s, const(xp, -float("inf"), s))
     m = xp.max(z, axis=axis, keepdims=True)
-    return xp.exp(z - xp.where(xp.isfinite(m), m, const(xp, 0.0, s)))
+    # Rebinding z frees the masked copy before exp allocates: at most three arrays of s's size are
+    # live at once (s, z, z - m), as with the two-pass form; a fourth costs page faults at scale.
+    z = z - xp.where(xp.isfinite(m), m, const(xp, 0.0, s))
+    return xp.exp(z)
 
 
 def safe_divide(xp, num, den):
