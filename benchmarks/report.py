@@ -56,7 +56,9 @@ def _header(doc) -> list[str]:
             if st["time_basis"] == "cpu"
             else "wall time (CUDA events on a GPU)"
         )
-        + f"; {st['threads']} CPU thread(s) per library; per-call budget "
+        + f"; {st['threads']} CPU thread(s) per library"
+        + (f"; allocator: {dev['timing_allocator']}" if dev.get("timing_allocator") else "")
+        + "; per-call budget "
         f"{st['budget_s']} s, memory budget {fmt_bytes(st['memory_budget'])}. Memory: extra peak bytes of "
         "one call over its inputs and parameters (NumPy: tracemalloc; torch/JAX on CPU: peak RSS; "
         "CUDA: max_memory_allocated).",

@@ -99,6 +99,8 @@ def _run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
         "versions": machine.versions(),
         "settings": st.to_json(),
     }
+    if not why and st.device == "cpu":
+        doc["device"]["timing_allocator"] = measure.TIMING_ALLOCATOR
     log(f"{st.mode}: {doc['device']['name']}; calibrating")
     doc["calibration"] = machine.calibrate(
         st.device, st.dtypes, matmul_n=st.matmul_n, copy_bytes=st.copy_bytes
@@ -107,16 +109,9 @@ def _run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
     # torch and JAX are imported by now: move their millions of objects out of the collector's view,
     # so that the gc.collect() before each memory measurement costs milliseconds, not a second.
     gc.freeze()
-    rows, stops = sweep.run(st, all_impls, doc["calibration"], log)
-    cst = claim_settings(st)
-    log("claim: random synthesizer vs dynamic convolution")
-    # Whole layers only: the naive rows are mixing steps (no projections), the convolution is a layer.
-    claim_impls = [
-        i
-        for i in build_impls(cst, [])
-        if (i.covers("random") or i.covers(None)) and not analysis.is_naive(i.name)
-    ]
-    claim_rows, claim_stops = sweep.run(cst, claim_impls, doc["calibration"], log, groups=["random", None])
+    # The memory probe first, while the heap holds no blocks freed by timed calls (timing keeps them
+    # in the heap, see measure.timing_allocator): later RSS readings can reuse those and read a few
+    # MiB off, which at the probe's small footprints (aft_simple) would bend the fitted growth.
     probe_rows = []
     aft_claim = [v for v in analysis.AFT_CLAIM_VARIANTS if v in st.variants]
     if st.probe_lengths and aft_claim:
@@ -134,6 +129,16 @@ def _run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
             must_reach=2 ** math.ceil(math.log2(2 * full)),
             log=log,
         )
+    rows, stops = sweep.run(st, all_impls, doc["calibration"], log)
+    cst = claim_settings(st)
+    log("claim: random synthesizer vs dynamic convolution")
+    # Whole layers only: the naive rows are mixing steps (no projections), the convolution is a layer.
+    claim_impls = [
+        i
+        for i in build_impls(cst, [])
+        if (i.covers("random") or i.covers(None)) and not analysis.is_naive(i.name)
+    ]
+    claim_rows, claim_stops = sweep.run(cst, claim_impls, doc["calibration"], log, groups=["random", None])
     analysis.add_ratios(rows)
     analysis.add_ratios(claim_rows)
     analysis.add_ratios(probe_rows)  # none apply (one forward call each): the fields say so

@@ -90,8 +90,7 @@ def _row_terms(xp, k, w, allowed, start, stop):
     else:  # a padding-only mask has one row for all queries
         ok = allowed[:, start:stop, :] if allowed.shape[1] > 1 else allowed
         ok = ok[:, :, :, None, None]
-    m = c.masked_max(xp, z, ok, axis=2)
-    e = c.masked_exp(xp, z, ok, m)
+    e = c.stable_exp(xp, z, ok, axis=2)
     return e, xp.sum(e, axis=2, keepdims=True)
 
 

@@ -63,6 +63,23 @@ def masked_exp(xp, s, allowed, m):
     return xp.exp(xp.where(allowed, s - m, ninf))
 
 
+def stable_exp(xp, s, allowed, axis):
+    """exp(s - m) where allowed (None: everywhere), exactly 0 elsewhere, with m the max of s over
+    ``axis`` among allowed entries (0 where a slice has none): ``masked_exp(s, allowed,
+    masked_max(s, allowed))`` in one masking pass instead of two.
+
+    The same numbers: masked entries hold -inf before the subtraction and m is finite, so they give
+    exp(-inf) = 0 with gradient 0, and allowed entries see the same s - m."""
+    if allowed is None:
+        return xp.exp(s - xp.max(s, axis=axis, keepdims=True))
+    z = xp.where(allowed, s, const(xp, -float("inf"), s))
+    m = xp.max(z, axis=axis, keepdims=True)
+    # Rebinding z frees the masked copy before exp allocates: at most three arrays of s's size are
+    # live at once (s, z, z - m), as with the two-pass form; a fourth costs page faults at scale.
+    z = z - xp.where(xp.isfinite(m), m, const(xp, 0.0, s))
+    return xp.exp(z)
+
+
 def safe_divide(xp, num, den):
     """num / den, with 0 where den == 0 (an empty normalizer: nothing was allowed)."""
     one = const(xp, 1.0, den)
@@ -70,14 +87,14 @@ def safe_divide(xp, num, den):
 
 
 def sigmoid(xp, q):
-    """A sigmoid that neither overflows nor NaNs its gradient: each branch exponentiates only a
-    non-positive number.  The branches take where-clamped arguments (not exp(-|q|)) so that autodiff
-    gives the true slope 1/4 at q = 0, where d|q|/dq would be 0."""
-    zero, one = const(xp, 0.0, q), const(xp, 1.0, q)
+    """A sigmoid that neither overflows nor NaNs its gradient: 1 / (1 + t) for q >= 0 and
+    t / (1 + t) for q < 0, with t = exp(-|q|) <= 1.  The exponent's argument is where-selected
+    (-q or q), not -|q|, so that autodiff gives the true slope 1/4 at q = 0, where d|q|/dq would be 0.
+    One exp and one division for both branches: the same numbers as evaluating each branch apart."""
+    one = const(xp, 1.0, q)
     pos = q >= 0
-    e_pos = xp.exp(-xp.where(pos, q, zero))
-    e_neg = xp.exp(xp.where(pos, zero, q))
-    return xp.where(pos, one / (one + e_pos), e_neg / (one + e_neg))
+    t = xp.exp(xp.where(pos, -q, q))
+    return xp.where(pos, one, t) / (one + t)
 
 
 def relu(xp, h):

@@ -74,18 +74,25 @@ def allowed_mask(xp, l, causal, key_padding_mask, dev):
     return allowed
 
 
+def _weights(spec, p, x, xp, causal, key_padding_mask):
+    """P as (B or 1, h, l, l): the row-softmax of the logits over allowed keys; 0 on rows with none.
+
+    Batch-independent logits (random, factorized_random) with no padding mask give the same P for
+    every batch element; it is computed once and broadcasts in the product with V."""
+    l = x.shape[1]
+    s = mixed_logits(spec, p, x, xp, l)
+    allowed = allowed_mask(xp, l, causal, key_padding_mask, c._dev(x))
+    e = c.stable_exp(xp, s, allowed, axis=-1)
+    return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
+
+
 def weights(spec, p, x, xp, causal, key_padding_mask):
     """P (B, h, l, l): the row-softmax of the logits over allowed keys; 0 on rows with none."""
     B, l, _ = x.shape
-    s = mixed_logits(spec, p, x, xp, l)
-    s = xp.broadcast_to(s, (B, spec.n_heads, l, l))
-    allowed = allowed_mask(xp, l, causal, key_padding_mask, c._dev(x))
-    m = c.masked_max(xp, s, allowed, axis=-1)
-    e = c.masked_exp(xp, s, allowed, m)
-    return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
+    return xp.broadcast_to(_weights(spec, p, x, xp, causal, key_padding_mask), (B, spec.n_heads, l, l))
 
 
 def apply(spec, p, x, xp, causal, key_padding_mask):
     v = c.split_heads(xp, c.linear(xp, x, p["w_v"], p["b_v"]), spec.n_heads)
-    y = xp.matmul(weights(spec, p, x, xp, causal, key_padding_mask), v)
+    y = xp.matmul(_weights(spec, p, x, xp, causal, key_padding_mask), v)
     return c.linear(xp, c.merge_heads(xp, y), p["w_o"], p["b_o"])

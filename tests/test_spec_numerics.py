@@ -172,3 +172,35 @@ def test_aft_full_peak_memory_stays_linear():
     finally:
         tracemalloc.stop()
     assert big >= 2**28
+
+
+def test_fused_helpers_give_the_two_pass_numbers_bit_for_bit():
+    """The spec's speed-ups must not move a bit: stable_exp against masked_exp(masked_max) (the
+    two-pass definition), with an all-masked row and a causal mask; sigmoid against its two
+    branches evaluated apart; random's batch-free weights against the per-batch-element ones."""
+    import array_api_compat.numpy as xp
+
+    from synth_ref import _common as c
+    from synth_ref import _softmax
+
+    rng = np.random.default_rng(3)
+    for dt in (np.float32, np.float64):
+        s = (rng.standard_normal((2, 3, 7, 7)) * 40).astype(dt)
+        causal = c.causal_allowed(xp, 7, "cpu")[None, None]
+        pad = rng.random((2, 1, 1, 7)) > 0.4
+        pad[0] = False  # every key of batch element 0 masked: its rows must be exactly 0
+        for allowed in (None, causal, np.logical_and(causal, pad)):
+            want = c.masked_exp(xp, s, allowed, c.masked_max(xp, s, allowed, axis=-1))
+            got = c.stable_exp(xp, s, allowed, axis=-1)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+        q = np.concatenate([s.ravel(), np.array([0.0, -0.0, 100.0, -100.0], dt)])
+        with np.errstate(over="ignore", invalid="ignore"):  # the branch where() drops
+            branch = np.where(q >= 0, 1 / (1 + np.exp(-q)), np.exp(q) / (1 + np.exp(q)))
+        assert np.array_equal(c.sigmoid(xp, q), branch.astype(dt))
+    spec = sr.Spec("random", d_model=4, n_heads=2, max_len=5)
+    p = {k: xp.asarray(v) for k, v in spec.init(seed=1).items()}
+    x = rng.standard_normal((3, 5, 4))
+    once = _softmax._weights(spec, p, x, xp, False, None)
+    assert once.shape == (1, 2, 5, 5)  # computed once, not per batch element
+    per_b = _softmax._weights(spec, p, x, xp, False, np.ones((3, 5), bool))  # a mask forces B rows
+    assert per_b.shape == (3, 2, 5, 5) and all(np.array_equal(once[0], w) for w in per_b)
