@@ -64,6 +64,13 @@ class JaxAdapter:
         self.name = name
         self.path = path  # a jax_pallas path, or None: the platform's (or SYNTH_REF_JAX_PATH's)
         self._jitted = None
+        if path == "pallas_interpret":
+            # What the compiled kernels take (jax_plan._PALLAS_DTYPES), and float64: the kernels'
+            # logic at gold precision.  float16 never reaches a compiled kernel (the reference
+            # serves it), so certifying it in the interpreter would certify nothing that runs.
+            from .jax_plan import _PALLAS_DTYPES
+
+            self.dtypes = ("float64", *_PALLAS_DTYPES)
 
     def available(self):
         try:
