@@ -235,7 +235,8 @@ def ours(x, B, h, l, e):
 
     q, k, v, hid, w2, b2, r = x["q"], x["k"], x["v"], x["hid"], x["w2"], x["b2"], x["r"]
     r1, r2, K, V, w, wc = x["r1"], x["r2"], x["K"], x["V"], x["w"], x["wc"]
-    idx = torch.arange(l, device=K.device)
+    # int32: at l = 65536 the (l, l) difference below is 17 GB, not int64's 34 GB (twice, with abs)
+    idx = torch.arange(l, device=K.device, dtype=torch.int32)
     band = (idx[:, None] - idx[None, :]).abs() < WINDOW
     return [
         (
