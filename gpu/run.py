@@ -245,8 +245,9 @@ class Runner:
             if isinstance(argv, str):
                 self._record(s, "skipped", None, 0.0, argv)
                 continue
-            limit = min(s.timeout, self.remaining() - 25)  # 25 s kept for bundling
-            if limit < 5:
+            left = self.remaining() - 25  # 25 s kept for bundling
+            limit = min(s.timeout, left)
+            if left < 5:
                 self._record(s, "skipped", None, 0.0, "not run: no time left in --budget")
                 continue
             self.count += 1
