@@ -42,12 +42,14 @@ def test_gpu_conformance_plan_runs_the_gpu_backends(tmp_path):
                          ("conf-jax-gpu", ["--adapter", "gpu.adapters:jax_gpu"])]:
         a = argv[name]
         assert a[1:3] == ["-m", "synth_ref.conformance"] and a[3:5] == target, a
-        assert a[a.index("-n") + 1] == run.WORKERS and a[a.index("--profile") + 1] == "ci"
+        assert int(a[a.index("-n") + 1]) >= 3 and a[a.index("--profile") + 1] == "ci"
         assert a[a.index("--report") + 1] == str(tmp_path / "conformance" / f"{name}.json")
     # the three suite runs share group 1 (at once); the Pallas decision waits for the probe
     groups = {s.name: s.group for s in steps}
-    assert groups["conf-torch-cuda"] == groups["conf-cupy"] == groups["conf-jax-gpu"] < groups["pallas-probe"]
+    assert len({groups[n] for n in ("conf-torch-cuda", "conf-cupy", "conf-jax-gpu", "pallas-probe")}) == 1
     assert groups["pallas-probe"] < groups["conf-jax-pallas"] < groups["merge-reports"]
+    # all workers at once stay within the device's 16 cores
+    assert sum(int(a[a.index("-n") + 1]) for n, a in argv.items() if n.startswith("conf-") and a) + 1 <= 16
     assert "tests/test_cupy_gpu.py" in argv["tests-cupy-torch"] and "tests/test_torch_kernels.py" in argv[
         "tests-cupy-torch"]
     assert "tests/test_jax_pallas.py" in argv["tests-jax"]
