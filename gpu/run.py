@@ -129,8 +129,9 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
             steps.append(Step(name, _pytest(files, str(work / f"{name}.junit.xml"),
                                             workers="2" if local else WORKERS, extra=extra),
                               200, group=2, env=xla_env))
+        require = [] if local else ["--require", "torch-cuda", "cupy", "jax-gpu"]
         steps.append(Step("merge-reports", [PY, "gpu/unpack.py", "merge", str(conf / "merged.json"),
-                                            *[str(conf / f"{n}.json") for n, _, _ in runs], report],
+                                            *[str(conf / f"{n}.json") for n, _, _ in runs], report, *require],
                           30, group=3))
     elif stage == "bench":
         if local:

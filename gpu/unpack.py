@@ -36,9 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEEP = "conformance-cuda-deep-bf16.json"
 
 
-def merge(out, inputs) -> Path:
+def merge(out, inputs, require=()) -> Path:
     """Every backend entry of the ``inputs`` reports (missing files are reported and skipped) into a
-    fresh report at ``out`` with its Markdown matrix.  Later inputs win on a repeated name."""
+    fresh report at ``out`` with its Markdown matrix.  Later inputs win on a repeated name.  Exits
+    with status 1 if a backend in ``require`` is missing or was unavailable (a suite run whose every
+    check skipped exits 0 by itself)."""
     sys.path.insert(0, str(ROOT))
     from synth_ref.conformance import report as R
 
@@ -54,6 +56,9 @@ def merge(out, inputs) -> Path:
     out.unlink(missing_ok=True)
     path, md = R.write(out, list(entries.values()), gold or None)
     print(R.summary(R.load(path), md_path=md))
+    missing = [n for n in require if n not in entries or not entries[n]["available"]]
+    if missing:
+        raise SystemExit(f"merge: required backends missing or unavailable: {', '.join(missing)}")
     return path
 
 
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
     m = sub.add_parser("merge", help="merge conformance reports into a fresh one (+ .md)")
     m.add_argument("out")
     m.add_argument("inputs", nargs="+")
+    m.add_argument("--require", nargs="*", default=[], help="fail if one of these is missing or unavailable")
     u = sub.add_parser("unpack", help="bundles from gpu/run.py -> the repository's result files")
     u.add_argument("bundles", nargs="+", type=Path)
     u.add_argument("--repo", type=Path, default=ROOT)
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
                    help="also merge the GPU conformance entries into this (generated) report")
     args = ap.parse_args(argv)
     if args.cmd == "merge":
-        merge(args.out, args.inputs)
+        merge(args.out, args.inputs, args.require)
         return 0
     for b in args.bundles:
         unpack(b, args.repo.resolve(), args.allow_local, args.merge_into)

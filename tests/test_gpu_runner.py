@@ -59,6 +59,7 @@ def test_gpu_conformance_plan_runs_the_gpu_backends(tmp_path):
     merged = argv["merge-reports"]
     assert merged[1] == "gpu/unpack.py" and merged[2] == "merge"
     assert str(tmp_path / "conformance" / "conf-jax-pallas.json") in merged
+    assert merged[merged.index("--require") + 1:] == ["torch-cuda", "cupy", "jax-gpu"]
 
 
 def test_gpu_bench_and_long_plans(tmp_path):
@@ -141,3 +142,17 @@ def test_dry_run_prints_the_plan(capsys):
     names = [s["name"] for s in plan]
     assert names[-1] == "merge-reports" and "conf-torch-cuda" in names
     assert next(s for s in plan if s["name"] == "conf-jax-pallas")["argv"].startswith("<decided")
+
+
+def test_merge_requires_the_gpu_backends(tmp_path):
+    """A suite run whose backend was unavailable exits 0 (every check skipped); the merge step is where
+    the GPU stage fails on it."""
+    from synth_ref.conformance import report as R
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    R.write(a, [R.backend_entry("torch-cuda", None, False, "no CUDA device", [], "ci", 0.0)])
+    R.write(b, [R.backend_entry("cupy", None, False, "no cupy", [], "ci", 0.0)])
+    out = unpack.merge(tmp_path / "m.json", [a, b, tmp_path / "missing.json"])
+    assert set(json.loads(out.read_text())["backends"]) == {"torch-cuda", "cupy"}
+    with pytest.raises(SystemExit, match="torch-cuda, cupy, jax-gpu"):
+        unpack.merge(tmp_path / "m.json", [a, b], require=["torch-cuda", "cupy", "jax-gpu"])
