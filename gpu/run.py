@@ -55,6 +55,7 @@ class Step:
     info: bool = False  # informational: a failure does not fail the stage
     critical: bool = False  # a failure skips every later step (nothing after it can work)
     stdout_to: str | None = None  # also save stdout alone to this file (relative to the work dir)
+    last: bool = False  # the cheap closing step (merging reports): may use the bundling reserve
 
 
 # --- the plans -------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
         require = [] if local else ["--require", "torch-cuda", "cupy", "jax-gpu"]
         steps.append(Step("merge-reports", [PY, "gpu/unpack.py", "merge", str(conf / "merged.json"),
                                             *[str(conf / f"{n}.json") for n, _, _ in runs], report, *require],
-                          30, group=3))
+                          30, group=3, last=True))
     elif stage == "bench":
         if local:
             tb = [PY, "benchmarks/torch_bench.py", "--quick", "--out", str(work / "torch_bench.json")]
@@ -252,9 +253,9 @@ class Runner:
             if isinstance(argv, str):
                 self._record(s, "skipped", None, 0.0, argv)
                 continue
-            left = self.remaining() - 25  # 25 s kept for bundling
+            left = self.remaining() - (8 if s.last else 25)  # kept for bundling
             limit = min(s.timeout, left)
-            if left < 5:
+            if left < (2 if s.last else 5):
                 self._record(s, "skipped", None, 0.0, "not run: no time left in --budget")
                 continue
             self.count += 1
@@ -366,8 +367,9 @@ def _tail(path: Path, n: int) -> list[str]:
 def summary(runner: Runner) -> str:
     rs = runner.results
     bad = ", ".join(r["name"] for r in runner.failed())
+    stop = f"; STOPPED by {runner.stopped}" if runner.stopped else ""
     lines = [f"gpu/run.py {runner.stage}{' --local' if runner.local else ''}: "
-             f"{'FAILED: ' + bad if bad else 'all steps ok'} ({runner.elapsed():.0f} s)",
+             f"{'FAILED: ' + bad if bad else 'all steps ok'}{stop} ({runner.elapsed():.0f} s)",
              time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), ""]
     lines.append(f"{'step':<26} {'status':<14} {'exit':>4} {'wall s':>7} {'limit s':>7}  note")
     for r in rs:
