@@ -104,7 +104,8 @@ def _torch_bench(src: Path, dst: Path, written: list) -> None:
 def unpack(bundle: Path, repo: Path, allow_local: bool, merge_into) -> list[Path]:
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(bundle) as tf:
-        tf.extractall(tmp, filter="data")
+        # the "data" filter (no absolute paths, links out, devices) where this Python has it
+        tf.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         (top,) = list(Path(tmp).iterdir())
         steps = json.loads((top / "steps.json").read_text())
         stage = steps["stage"]
