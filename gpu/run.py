@@ -34,12 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "/tmp/site"  # where the carried wheels are installed (pip --target)
 PY = sys.executable
-#: xdist workers per conformance run: three runs share 16 cores and one GPU at the same time; JAX
-#: compiles every shape twice (apply, vjp) and gets the most.
+#: xdist workers per pytest run.  The three conformance runs share 16 cores and one GPU at the same
+#: time (the Pallas probe takes one more core): JAX compiles every case's program (apply, vjp; about
+#: 1.2 s a check per worker on this 2-core CPU machine) and gets the most; torch-cuda and cupy mostly
+#: wait on Triton / NVRTC compiles that their workers share through the on-disk caches.
 WORKERS = "4"
 GPU_RUNS = [("conf-torch-cuda", ["--backend", "torch-cuda"], "4"),
-            ("conf-cupy", ["--backend", "cupy"], "3"),
-            ("conf-jax-gpu", ["--adapter", "gpu.adapters:jax_gpu"], "6")]
+            ("conf-cupy", ["--backend", "cupy"], "2"),
+            ("conf-jax-gpu", ["--adapter", "gpu.adapters:jax_gpu"], "8")]
 #: Seconds for the whole stage, bundling included: three run calls plus the machine's start fit in a
 #: session's 30 minutes of device time (gpu/README.md).
 BUDGET = {"conformance": 540.0, "bench": 540.0, "long": 300.0}
