@@ -42,7 +42,7 @@ def test_gpu_conformance_plan_runs_the_gpu_backends(tmp_path):
                          ("conf-jax-gpu", ["--adapter", "gpu.adapters:jax_gpu"])]:
         a = argv[name]
         assert a[1:3] == ["-m", "synth_ref.conformance"] and a[3:5] == target, a
-        assert int(a[a.index("-n") + 1]) >= 3 and a[a.index("--profile") + 1] == "ci"
+        assert int(a[a.index("-n") + 1]) >= 2 and a[a.index("--profile") + 1] == "ci"
         assert a[a.index("--report") + 1] == str(tmp_path / "conformance" / f"{name}.json")
     # the three suite runs share group 1 (at once); the Pallas decision waits for the probe
     groups = {s.name: s.group for s in steps}
