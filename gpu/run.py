@@ -235,6 +235,7 @@ class Runner:
         return self.deadline - time.monotonic()
 
     def run(self, steps: list[Step]) -> None:
+        self.order = {s.name: i for i, s in enumerate(steps)}  # the summary lists steps in plan order
         halted = None
         for group in sorted({s.group for s in steps}):
             batch = [s for s in steps if s.group == group]
@@ -268,44 +269,45 @@ class Runner:
             fh.write(f"$ {shlex.join(map(str, shown))}\n# env: {s.env}  limit {limit:.0f} s\n")
             fh.flush()
             print(f"[{self.elapsed():6.0f} s] start {s.name} (limit {limit:.0f} s)", flush=True)
+            out_fh = open(self.work / s.stdout_to, "w") if s.stdout_to else None  # noqa: SIM115
             try:
                 p = subprocess.Popen(list(map(str, argv)), cwd=ROOT, env={**self.env, **s.env},
-                                     stdout=subprocess.PIPE if s.stdout_to else fh, stderr=fh,
-                                     start_new_session=True, text=True)
+                                     stdout=out_fh or fh, stderr=fh, start_new_session=True, text=True)
             except OSError as exc:  # e.g. no nvidia-smi on this machine
                 fh.write(f"could not start: {exc}\n")
                 fh.close()
                 self._record(s, "failed", None, 0.0, f"could not start: {exc}", log, argv)
                 continue
             self.live[s.name] = p
-            started.append((s, p, fh, log, time.monotonic(), limit, argv))
-        for s, p, fh, log, t0, limit, argv in started:
-            status, note, captured = "ok", "", None
-            try:
-                left = max(0.0, t0 + limit - time.monotonic())
-                if s.stdout_to:
-                    captured, _ = p.communicate(timeout=left)
-                else:
-                    p.wait(timeout=left)
-                if p.returncode != 0:
+            started.append((s, p, fh, out_fh, log, time.monotonic(), limit, argv))
+        # Poll them all, so that each is held to its own limit whatever the others do.
+        while started:
+            for item in list(started):
+                s, p, fh, out_fh, log, t0, limit, argv = item
+                if p.poll() is None and time.monotonic() < t0 + limit:
+                    continue
+                status, note = "ok", ""
+                if p.returncode is None:
+                    _kill(p)
+                    status, note = "timeout", f"killed after {limit:.0f} s"
+                elif p.returncode != 0:
                     status = "stopped" if self.stopped else "failed"
-            except subprocess.TimeoutExpired:
-                _kill(p)
-                if s.stdout_to:
-                    captured = ""  # what it printed before the kill is lost with the pipe
-                status, note = "timeout", f"killed after {limit:.0f} s"
-            wall = time.monotonic() - t0
-            if captured is not None:
-                (self.work / s.stdout_to).write_text(captured)
-                fh.write(captured)
-            fh.write(f"\n# {s.name}: {status}, exit {p.returncode}, {wall:.1f} s wall\n")
-            fh.close()
-            self.live.pop(s.name, None)
-            self._record(s, status, p.returncode, wall, note, log, argv)
+                _kill_group(p)  # workers it may have left behind
+                wall = time.monotonic() - t0
+                if out_fh is not None:
+                    out_fh.close()
+                    fh.write((self.work / s.stdout_to).read_text())
+                fh.write(f"\n# {s.name}: {status}, exit {p.returncode}, {wall:.1f} s wall\n")
+                fh.close()
+                self.live.pop(s.name, None)
+                self._record(s, status, p.returncode, wall, note, log, argv)
+                started.remove(item)
+            if started:
+                time.sleep(0.5)
 
     def _record(self, s, status, rc, wall, note, log=None, argv=None):
-        if status == "failed" and s.info:
-            status = "failed (info)"
+        if status in ("failed", "timeout") and s.info:
+            status += " (info)"
         r = {"name": s.name, "group": s.group, "status": status, "rc": rc, "wall_s": round(wall, 1),
              "timeout_s": s.timeout, "note": note, "info": s.info,
              "log": None if log is None else str(log.relative_to(self.work)),
@@ -325,6 +327,14 @@ class Runner:
 
     def failed(self) -> list[dict]:
         return [r for r in self.results if r["status"] in ("failed", "timeout", "stopped")]
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """KILL whatever is left of a finished step's process group (its own session: nothing else)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill(p: subprocess.Popen) -> None:
@@ -374,6 +384,8 @@ def summary(runner: Runner) -> str:
              f"{'FAILED: ' + bad if bad else 'all steps ok'}{stop} ({runner.elapsed():.0f} s)",
              time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), ""]
     lines.append(f"{'step':<26} {'status':<14} {'exit':>4} {'wall s':>7} {'limit s':>7}  note")
+    order = getattr(runner, "order", {})
+    rs = sorted(rs, key=lambda r: order.get(r["name"], len(order)))
     for r in rs:
         lines.append(f"{r['name']:<26} {r['status']:<14} {'' if r['rc'] is None else r['rc']:>4} "
                      f"{r['wall_s']:>7} {r['timeout_s']:>7}  {r['note']}")

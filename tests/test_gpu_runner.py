@@ -102,9 +102,9 @@ def test_limits_critical_failure_and_bundle(tmp_path, monkeypatch):
     """A step over its limit is killed and recorded; a failed critical step skips the rest; the bundle
     and summary are written either way and the stage fails."""
     py = sys.executable
-    steps = [run.Step("sleeper", [py, "-c", "import time; print('started', flush=True); time.sleep(60)"], 1,
-                      group=0),
-             run.Step("ok", [py, "-c", "print('fine')"], 20, group=0),
+    steps = [run.Step("ok", [py, "-c", "import time; time.sleep(2); print('fine')"], 20, group=0),
+             run.Step("sleeper", [py, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                      0.5, group=0),
              run.Step("critical", [py, "-c", "raise SystemExit(3)"], 20, group=1, critical=True),
              run.Step("after", [py, "-c", "print('never')"], 20, group=2)]
     work, out = tmp_path / "gpu-test", tmp_path / "out"
@@ -114,6 +114,8 @@ def test_limits_critical_failure_and_bundle(tmp_path, monkeypatch):
     status = {x["name"]: x["status"] for x in r.results}
     assert status == {"sleeper": "timeout", "ok": "ok", "critical": "failed", "after": "skipped"}
     assert {x["name"] for x in r.failed()} == {"sleeper", "critical"}
+    # held to its own limit while the other step of its group still ran
+    assert next(x for x in r.results if x["name"] == "sleeper")["wall_s"] < 1.5
     tar, summary = run.bundle(r)
     assert sorted(p.name for p in out.iterdir()) == ["conformance-bundle.tar.gz", "conformance-summary.txt"]
     text = summary.read_text()
