@@ -240,7 +240,8 @@ def ours(x, B, h, l, e):
     q, k, v, hid, w2, b2, r = x["q"], x["k"], x["v"], x["hid"], x["w2"], x["b2"], x["r"]
     r1, r2, K, V, w, wc, wl, taps = (x[n] for n in ("r1", "r2", "K", "V", "w", "wc", "wl", "taps"))
     lo_local, lo_conv = -(min(WINDOW, l) - 1), -((WINDOW - 1) // 2)  # first offset t' - t of each band
-    idx = torch.arange(l, device=K.device)
+    # int32: at l = 65536 the (l, l) difference below is 17 GB, not int64's 34 GB (twice, with abs)
+    idx = torch.arange(l, device=K.device, dtype=torch.int32)
     band = (idx[:, None] - idx[None, :]).abs() < WINDOW
     return [
         (
