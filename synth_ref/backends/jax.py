@@ -37,20 +37,21 @@ def _x64(on: bool):
     return enable(True)
 
 
-def _apply(spec, causal, path, params, x, mask):
+def _apply(spec, causal, path, block, params, x, mask):
     # Dispatch (jax_pallas, issue 5): the platform picks the reference (CPU), XLA rewrites (GPU) or
     # Pallas kernels (TPU); SYNTH_REF_JAX_PATH forces one, e.g. pallas_interpret to check the
     # kernels on CPU.  Read at trace time; the protocol is unchanged.
     from .jax_pallas import apply
 
-    return apply(spec, params, x, causal=causal, key_padding_mask=mask, path=path)
+    kw = {} if block is None else {"block_q": block, "block_k": block}
+    return apply(spec, params, x, causal=causal, key_padding_mask=mask, path=path, **kw)
 
 
-def _vjp(spec, causal, path, params, x, dy, mask):
+def _vjp(spec, causal, path, block, params, x, dy, mask):
     jax = _jax()
 
     def f(p, xx):
-        return _apply(spec, causal, path, p, xx, mask)
+        return _apply(spec, causal, path, block, p, xx, mask)
 
     _, pull = jax.vjp(f, params, x)
     dparams, dx = pull(dy)
@@ -60,9 +61,10 @@ def _vjp(spec, causal, path, params, x, dy, mask):
 class JaxAdapter:
     dtypes = ("float64", "float32", "float16", "bfloat16")
 
-    def __init__(self, name="jax", path=None):
+    def __init__(self, name="jax", path=None, block=None):
         self.name = name
         self.path = path  # a jax_pallas path, or None: the platform's (or SYNTH_REF_JAX_PATH's)
+        self.block = block  # Pallas tile size (rows and keys), None: jax_pallas.apply's default
         self._jitted = None
         if path == "pallas_interpret":
             # What the compiled kernels take (jax_plan._PALLAS_DTYPES), and float64: the kernels'
@@ -89,7 +91,7 @@ class JaxAdapter:
     def _fns(self):
         if self._jitted is None:
             jax = _jax()
-            static = (0, 1, 2)  # spec, causal, path
+            static = (0, 1, 2, 3)  # spec, causal, path, block
             self._jitted = (jax.jit(_apply, static_argnums=static), jax.jit(_vjp, static_argnums=static))
         return self._jitted
 
@@ -108,12 +110,16 @@ class JaxAdapter:
 
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
         with _x64(x.dtype.name == "float64"):
-            return self._fns()[0](spec, bool(causal), self.path, params, x, key_padding_mask)
+            return self._fns()[0](spec, bool(causal), self.path, self.block, params, x, key_padding_mask)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
         with _x64(x.dtype.name == "float64"):
-            return self._fns()[1](spec, bool(causal), self.path, params, x, dy, key_padding_mask)
+            return self._fns()[1](spec, bool(causal), self.path, self.block, params, x, dy,
+                                  key_padding_mask)
 
 
 adapter = JaxAdapter()
-pallas_interpret_adapter = JaxAdapter("jax-pallas-interpret", "pallas_interpret")
+# Tiles of 8: the suite's lengths (12, 5, 1) then make two row and key blocks with a partial last
+# one, so the tile loops, the online merges and the causal diagonal tile all run (the interpreter
+# takes any block shape; the TPU lowering of TPU-sized ones is tests/test_jax_pallas.py's).
+pallas_interpret_adapter = JaxAdapter("jax-pallas-interpret", "pallas_interpret", block=8)
