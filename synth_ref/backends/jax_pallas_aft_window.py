@@ -69,17 +69,24 @@ class Band:
     def _key(self):
         return self.T, self.lo, self.hi, self.l
 
+    def _div(self, a, xp):
+        """a // T for a >= 0 (every use clamps or offsets to that): the truncating division, as
+        Mosaic lowers floor division of signed scalars only with a TPU's generation at hand."""
+        if xp is np:
+            return a // self.T
+        return jax.lax.div(a, jnp.asarray(self.T, a.dtype))
+
     def jlo(self, i, xp=jnp):  # first key tile holding a key >= i T + lo
-        return xp.maximum(i * self.T + self.lo, 0) // self.T
+        return self._div(xp.maximum(i * self.T + self.lo, 0), xp)
 
     def jhi(self, i, xp=jnp):  # last key tile holding a key <= i T + T - 1 + hi (< l)
-        return xp.minimum(i * self.T + self.T - 1 + self.hi, self.l - 1) // self.T
+        return self._div(xp.minimum(i * self.T + self.T - 1 + self.hi, self.l - 1), xp)
 
     def ilo(self, j, xp=jnp):
-        return xp.maximum(j * self.T - self.hi, 0) // self.T
+        return self._div(xp.maximum(j * self.T - self.hi, 0), xp)
 
     def ihi(self, j, xp=jnp):
-        return xp.minimum(j * self.T + self.T - 1 - self.lo, self.l - 1) // self.T
+        return self._div(xp.minimum(j * self.T + self.T - 1 - self.lo, self.l - 1), xp)
 
     def key_of(self, i, slot):
         """(key tile, whether slot holds a band tile of query tile i)."""
