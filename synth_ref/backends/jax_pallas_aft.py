@@ -33,6 +33,10 @@ Backward: recomputation from the saved log-normaliser lse[t, c] (a[t, t', c] = e
 in two kernels: dK / dV per key tile (looping over query tiles) and dw per (query, key) tile summed
 over batch and channels inside the kernel.  With G1 = F * dY and G2 = G1 * Y, F = exp(alpha + beta -
 lse): dV = eK * (eW^T G1), E = eK * (eW^T G2), dK = V * dV - E, dw = eW * (G1 (eK V)^T - G2 eK^T).
+
+The three kernels take ``band`` (a :class:`.jax_pallas_aft_window.Band`) for the windowed form of
+aft_local / 1-D aft_conv: the last grid axis then walks only the band tiles of a query (or key)
+tile, the forward starts from the far tiles' summary, and the tile math is unchanged.
 """
 
 from __future__ import annotations
