@@ -306,19 +306,6 @@ def test_aft_kernel_bfloat16():
 # the windowed AFT kernels (narrow band: band tiles exact, the rest through block summaries)
 
 
-def test_aft_window_kernel_causal_with_padding():
-    """l = 37 in 8-row tiles (5 tiles), band offsets [-5, 0], 2 groups: each query tile has 2 band key
-    tiles (its diagonal, exact by sub-blocks, and the one before), and tiles 2..4 take the tiles
-    before those from the scanned prefix summaries; the dK / dV of key tiles 0..2 take the far
-    query tiles from the suffix summaries.  Padding: batch 1 loses its tail, batch 2 every key."""
-    B, l, d, lo = 3, 37, 8, -5
-    rng = np.random.default_rng(7)
-    k, v = rng.standard_normal((B, l, d)), rng.standard_normal((B, l, d))
-    wb = rng.standard_normal((2, l, 1 - lo))
-    y = _check_aft(k, v, wb, _key_mask(B, l), True, 8, rng.standard_normal((B, l, d)), lo=lo)
-    assert np.all(y[2] == 0), "rows with no allowed key must be exactly 0"
-
-
 def test_aft_window_kernel_survives_a_spread_of_160():
     """Non-causal, band [-3, 4], l = 40 in 8-row tiles: both the prefix and the suffix summaries
     run, and K rises from -80 to +80 within every 16 positions (float32 inputs, so the gold sees the
@@ -368,13 +355,17 @@ def test_band_from_params_is_position_bias(causal):
 
 
 @pytest.mark.parametrize("spec, causal", [
+    (sr.Spec("aft_local", d_model=8, max_len=24, window=3), True),
     (sr.Spec("aft_local", d_model=8, max_len=24, window=3, pos_rank=2), False),
     (sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=24, kernel_size=3), True),
-], ids=["local-rank", "conv-heads"])
+], ids=["local-causal", "local-rank", "conv-heads"])
 def test_windowed_layer_through_pallas_interpreter(spec, causal):
-    """The whole layer on the windowed path (l = 24: three 8-row tiles, so summaries are used),
-    gradients reaching pos_u / pos_v or the conv parameters through the band, against the
-    reference (float64 forward, torch autograd gradients), with key padding."""
+    """The whole layer on the windowed path against the reference (float64 forward, torch autograd
+    gradients), with key padding (batch 1 loses its tail, batch 2 every key: rows of 0), gradients
+    reaching pos_bias, pos_u / pos_v or the conv parameters through the band.  l = 24 in 8-row
+    tiles, band [-2, 0] (causal) or [-2, 2]: query tile 2 takes key tile 0 from the prefix
+    summaries and (non-causal) tile 0 takes tile 2 from the suffix; likewise for dK / dV with the
+    query tiles' summaries.  conv-heads: 2 groups, each with its own taps."""
     assert jp.plan(spec, path=INTERP, length=24, causal=causal) == "pallas-aft-window"
     _layer(spec, INTERP, "float32", causal=causal, masked=True)
 
@@ -438,7 +429,9 @@ def test_aft_simple_scan_survives_a_spread_of_160(causal):
 # (aft_conv-2d runs several groups through the kernel; the AFT kernel tests cover G = 2 under causal
 # masks).  Likewise factorized_dense-outer: "mixture" runs outer tiling through the same factorized
 # term (with q k^T beside it), factorized_dense-tile the term alone.  Each case costs a ~10 s compile.
-_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv", "factorized_dense-outer"}
+# aft_local (window 3: the windowed path at L = 12, two tiles) is covered, with its glue, by
+# test_windowed_layer_through_pallas_interpreter at l = 24 (three tiles) and by the bfloat16 case.
+_GLUE_TWINS = {"aft_full", "aft_local", "aft_local-rank", "aft_conv", "factorized_dense-outer"}
 KERNEL_CASES = [c for c in CASES if jp.plan(CASES[c], path=INTERP) != "reference" and c not in _GLUE_TWINS]
 XLA_CASES = [c for c in CASES if jp.plan(CASES[c], path="xla", masked=True, platform="gpu") != "reference"]
 
