@@ -21,6 +21,7 @@ from jax_helpers import CASES, GRAD_TOL, TOL, grad_errors, inputs, rel_err, torc
 import synth_ref as sr  # noqa: E402
 from synth_ref.backends import jax_pallas as jp  # noqa: E402
 from synth_ref.backends.jax_pallas_aft import aft_mix  # noqa: E402
+from synth_ref.backends.jax_pallas_aft_window import aft_window_mix  # noqa: E402
 from synth_ref.backends.jax_pallas_flash import factor_one_hots, flash_attention  # noqa: E402
 
 INTERP = "pallas_interpret"
@@ -191,10 +192,22 @@ def _aft_gold(k, v, w, mask, causal):
     return jnp.reshape(y.transpose(0, 2, 1, 3), (B, l, d))
 
 
-def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_TOL["float32"]):
+def _band_dense(wb, lo):
+    """w' (G, l, l) from a band wb (G, l, NW): w'[g, t, t'] = wb[g, t, t' - t - lo] inside, 0 outside
+    (jnp, differentiable: the gold's gradient for wb)."""
+    G, l, nw = wb.shape
+    t = np.arange(l)
+    off = t[None, :] - t[:, None] - lo
+    inside = (off >= 0) & (off < nw)
+    return jnp.where(inside[None], wb[:, t[:, None], np.clip(off, 0, nw - 1)], 0.0)
+
+
+def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_TOL["float32"], lo=None):
+    """The kernel's output and gradients against the float64 formula; lo given: w is a band wb for
+    the windowed kernels (aft_window_mix), else the dense (G, l, l) w' for aft_mix."""
     with jax.enable_x64(True):
         def gold_loss(kk, vv, ww):
-            y = _aft_gold(kk, vv, ww, jnp.asarray(mask), causal)
+            y = _aft_gold(kk, vv, ww if lo is None else _band_dense(ww, lo), jnp.asarray(mask), causal)
             return jnp.sum(y * dy), y
         (_, gold_y), gold_g = jax.value_and_grad(gold_loss, argnums=(0, 1, 2), has_aux=True)(
             jnp.asarray(k), jnp.asarray(v), jnp.asarray(w))
@@ -203,7 +216,11 @@ def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_T
     @jax.jit
     def run(kk, vv, ww):
         def f(kk, vv, ww):
-            y = aft_mix(kk, vv, ww, jnp.asarray(mask), causal=causal, block=block, interpret=True)
+            if lo is None:
+                y = aft_mix(kk, vv, ww, jnp.asarray(mask), causal=causal, block=block, interpret=True)
+            else:
+                y = aft_window_mix(kk, vv, ww, lo, jnp.asarray(mask), causal=causal, block=block,
+                                   interpret=True)
             return jnp.sum(y * dy.astype(np.float32)), y
         return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(kk, vv, ww)
 
@@ -285,6 +302,88 @@ def test_aft_kernel_bfloat16():
     assert y.dtype == jnp.bfloat16 and rel_err(y, gold) <= TOL["bfloat16"]
 
 
+# ---------------------------------------------------------------------------------------------
+# the windowed AFT kernels (narrow band: band tiles exact, the rest through block summaries)
+
+
+def test_aft_window_kernel_survives_a_spread_of_160():
+    """Non-causal, band [-3, 4], l = 40 in 8-row tiles: both the prefix and the suffix summaries
+    run, and K rises from -80 to +80 within every 16 positions (float32 inputs, so the gold sees the
+    same K).  Summaries merged by anything but the running max (e.g. exp(K) summed unshifted, or a
+    shared shift across tiles) overflow or underflow in float32; a total-minus-band subtraction
+    cancels catastrophically.  w' spread 3 on the band: its zeros outside the band matter."""
+    B, l, d, lo = 2, 40, 8, -3
+    rng = np.random.default_rng(8)
+    saw = -80 + 160 * (np.arange(l) % 16) / 15
+    k = (saw[None, :, None] + 0.5 * rng.standard_normal((B, l, d))).astype(np.float32)
+    v = rng.standard_normal((B, l, d)).astype(np.float32)
+    wb = 3 * rng.standard_normal((1, l, 8)).astype(np.float32)
+    mask = np.ones((B, l), bool)
+    mask[1, -6:] = False
+    _check_aft(k, v, wb, mask, False, 8, rng.standard_normal((B, l, d)), lo=lo)
+
+
+_BAND_SPECS = [
+    sr.Spec("aft_local", d_model=8, max_len=30, window=4),
+    sr.Spec("aft_local", d_model=8, max_len=30, window=3, pos_rank=2),
+    sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=30, kernel_size=5),
+    sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=30, kernel_size=4),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_band_from_params_is_position_bias(causal):
+    """The windowed path's band, built from the parameters without the (l, l) matrix (pos_bias
+    gathered, pos_u . pos_v on the band only, conv taps per head; odd and even kernels), is the
+    reference's position_bias: wb[g, t, t' - t - lo] = w'[g, t, t'] on the band, and w' is 0 off it
+    (a length below the window and one above, so the band is cropped at both ends or not)."""
+    from synth_ref import _aft
+    from synth_ref.backends import jax_pallas_aft_window as win
+
+    with jax.enable_x64(True):
+        for spec in _BAND_SPECS:
+            params, _, _ = inputs(spec)
+            p = {n: jnp.asarray(a, jnp.float64) for n, a in params.items()}
+            for l in (2, 30):
+                wb, lo = win.band(spec, p, l, causal)
+                w = np.asarray(_aft.position_bias(spec, p, jnp, l, causal, None, None))
+                if causal:
+                    w = np.tril(w)  # offsets above 0 are masked: the band stops at 0
+                # rtol only: entries off the band must be exactly 0; pos_rank's band products
+                # differ from the reference's matmul in summation order
+                np.testing.assert_allclose(np.asarray(_band_dense(wb, lo)), w, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("spec, causal", [
+    (sr.Spec("aft_local", d_model=8, max_len=24, window=3), True),
+    (sr.Spec("aft_local", d_model=8, max_len=24, window=3, pos_rank=2), False),
+    (sr.Spec("aft_conv", d_model=8, n_heads=2, max_len=24, kernel_size=3), True),
+], ids=["local-causal", "local-rank", "conv-heads"])
+def test_windowed_layer_through_pallas_interpreter(spec, causal):
+    """The whole layer on the windowed path against the reference (float64 forward, torch autograd
+    gradients), with key padding (batch 1 loses its tail, batch 2 every key: rows of 0), gradients
+    reaching pos_bias, pos_u / pos_v or the conv parameters through the band.  l = 24 in 8-row
+    tiles, band [-2, 0] (causal) or [-2, 2]: query tile 2 takes key tile 0 from the prefix
+    summaries and (non-causal) tile 0 takes tile 2 from the suffix; likewise for dK / dV with the
+    query tiles' summaries.  conv-heads: 2 groups, each with its own taps."""
+    assert jp.plan(spec, path=INTERP, length=24, causal=causal) == "pallas-aft-window"
+    _layer(spec, INTERP, "float32", causal=causal, masked=True)
+
+
+def test_plan_window_rule():
+    """Narrow bands (NW <= l / 2, the rule shared with the torch/Triton adapter) take the windowed
+    kernels; wide ones, aft_full and 2-D aft_conv the dense kernel."""
+    local = CASES["aft_local"]  # window 3: NW = 5 (non-causal), 3 (causal)
+    assert jp.plan(local, path="pallas", length=10) == "pallas-aft-window"
+    assert jp.plan(local, path="pallas", length=9) == "pallas-aft"
+    assert jp.plan(local, path="pallas", length=6, causal=True) == "pallas-aft-window"
+    assert jp.plan(local, path="pallas", length=5, causal=True) == "pallas-aft"
+    assert jp.plan(local, path="pallas") == "pallas-aft"  # no length: the dense kernel
+    assert jp.plan(local, path="pallas", length=10, dtype="float64") == "reference"
+    assert jp.plan(CASES["aft_full"], path="pallas", length=100) == "pallas-aft"
+    assert jp.plan(CASES["aft_conv-2d"], path="pallas", length=100) == "pallas-aft"
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_aft_simple_scan_survives_a_spread_of_160(causal):
     """aft_simple's XLA path (the prefix scan, or one reduction when not causal) against the float64
@@ -330,7 +429,9 @@ def test_aft_simple_scan_survives_a_spread_of_160(causal):
 # (aft_conv-2d runs several groups through the kernel; the AFT kernel tests cover G = 2 under causal
 # masks).  Likewise factorized_dense-outer: "mixture" runs outer tiling through the same factorized
 # term (with q k^T beside it), factorized_dense-tile the term alone.  Each case costs a ~10 s compile.
-_GLUE_TWINS = {"aft_full", "aft_local-rank", "aft_conv", "factorized_dense-outer"}
+# aft_local (window 3: the windowed path at L = 12, two tiles) is covered, with its glue, by
+# test_windowed_layer_through_pallas_interpreter at l = 24 (three tiles) and by the bfloat16 case.
+_GLUE_TWINS = {"aft_full", "aft_local", "aft_local-rank", "aft_conv", "factorized_dense-outer"}
 KERNEL_CASES = [c for c in CASES if jp.plan(CASES[c], path=INTERP) != "reference" and c not in _GLUE_TWINS]
 XLA_CASES = [c for c in CASES if jp.plan(CASES[c], path="xla", masked=True, platform="gpu") != "reference"]
 
@@ -435,6 +536,16 @@ def test_kernels_lower_for_tpu(dtype):
     traced = jax.jit(jax.grad(aft_loss, argnums=(0, 1, 2))).trace(k3, k3, w)
     text = traced.lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("tpu_custom_call") == 3  # forward, dk/dv, dw
+
+    # the windowed kernels: band [-31, 31] (NW = 63 <= l / 2), 3 band key tiles per query tile
+    wb = jnp.ones((8, l, 63), dt)
+
+    def window_loss(k, v, wb):
+        return aft_window_mix(k, v, wb, -31, jnp.ones((B, l), bool)).astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(window_loss, argnums=(0, 1, 2))).trace(k3, k3, wb) \
+        .lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 3  # forward, dk/dv (band), dw (band tiles)
 
     # factorized_dense: per-row factors (l = 256 = 16 x 16, widths padded to 128) and one-hots
     pa, pb = factor_one_hots(l, (16, 16), "tile", dt)

@@ -24,7 +24,9 @@ Default: ``select_path()`` -- the environment variable ``SYNTH_REF_JAX_PATH`` if
 ``PATHS``), else by platform (TPU: pallas, GPU: xla, CPU and others: reference).  Per call:
 ``apply(..., path=...)``.  :func:`plan` says which implementation a call would run (the visible
 flag): ``"reference"``, ``"xla-sdpa"``, ``"xla-random"``, ``"xla-scan"``, ``"pallas-flash"`` or
-``"pallas-aft"`` (the table per platform and variant: docs/jax-paths.md, generated from it).
+``"pallas-aft"`` or ``"pallas-aft-window"`` (aft_local and 1-D aft_conv with a band of w' at most
+half the length: :mod:`.jax_pallas_aft_window`, no (G, l, l) array) (the table per platform and
+variant: docs/jax-paths.md, generated from it).
 Sharding: the reference and XLA paths partition under jax.sharding like any jnp code (batch and
 heads; tests/test_jax_sharding.py).  A pallas_call is opaque to XLA's sharding propagation, which
 would gather its operands, so on the Pallas path wrap the layer in ``jax.shard_map`` over the batch
@@ -64,8 +66,10 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
     """:func:`synth_ref.apply` through the implementation :func:`plan` picks; same contract (inputs
     checked the same way, same output).  ``block_q`` / ``block_k``: Pallas tile sizes.
     ``platform``: plan as if on this platform (tests run the GPU rewrites' XLA form on CPU)."""
+    shape = getattr(x, "shape", ())
     impl = plan(spec, masked=key_padding_mask is not None, path=path, platform=platform,
-                dtype=getattr(x, "dtype", None))
+                dtype=getattr(x, "dtype", None), length=shape[1] if len(shape) == 3 else None,
+                causal=bool(causal))
     if impl == "reference":
         return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
     if not isinstance(spec, sr.Spec):
@@ -78,11 +82,11 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
     if impl == "xla-scan":
         return _aft_simple(p, x, causal, mask)
     interpret = select_path(path) == "pallas_interpret"
-    if impl == "pallas-aft":
+    if impl in ("pallas-aft", "pallas-aft-window"):
         from . import jax_pallas_aft
 
         return jax_pallas_aft.apply(spec, p, x, causal, mask, block_q=block_q, block_k=block_k,
-                                    interpret=interpret)
+                                    interpret=interpret, window=impl == "pallas-aft-window")
     v = _heads(_linear(x, p["w_v"], p["b_v"]), spec.n_heads)
     if impl == "xla-random":
         o = _random_folded(p["r"], v, causal)

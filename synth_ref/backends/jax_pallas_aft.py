@@ -33,6 +33,10 @@ Backward: recomputation from the saved log-normaliser lse[t, c] (a[t, t', c] = e
 in two kernels: dK / dV per key tile (looping over query tiles) and dw per (query, key) tile summed
 over batch and channels inside the kernel.  With G1 = F * dY and G2 = G1 * Y, F = exp(alpha + beta -
 lse): dV = eK * (eW^T G1), E = eK * (eW^T G2), dK = V * dV - E, dw = eW * (G1 (eK V)^T - G2 eK^T).
+
+The three kernels take ``band`` (a :class:`.jax_pallas_aft_window.Band`) for the windowed form of
+aft_local / 1-D aft_conv: the last grid axis then walks only the band tiles of a query (or key)
+tile, the forward starts from the far tiles' summary, and the tile math is unchanged.
 """
 
 from __future__ import annotations
@@ -186,21 +190,48 @@ def _n_sub(block):
     return block // SUB
 
 
+def _run_tiles(causal, live, i, j, full_tile, diagonal_tile):
+    """Run a tile's step: under a causal mask tiles before the diagonal are full, the diagonal one
+    exact by sub-blocks, later ones skipped; ``live`` (None: always) is the windowed kernels' "this
+    grid slot holds a band tile"."""
+    def when(cond, f):
+        pl.when(cond if live is None else jnp.logical_and(live, cond))(f)
+
+    if causal:
+        when(j < i, full_tile)
+        when(j == i, diagonal_tile)
+    elif live is None:
+        full_tile()
+    else:
+        pl.when(live)(full_tile)
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
 
 
-def _fwd_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, lse_ref, m_sc, num_sc, den_sc, *,
-                causal, dt):
-    i, j = pl.program_id(3), pl.program_id(4)
-    T = w_ref.shape[0]
+def _fwd_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, *rest, causal, dt, band=None):
+    """Grid (b, g, c tile, query tile i, key slot).  Dense (band None): slot j is key tile j.
+    Windowed: slot jj is band key tile band.key_of(i, jj), and the running (m, num, den) starts from
+    the far key tiles' summary (three more row-tile inputs, ahead of the outputs)."""
+    i, slot = pl.program_id(3), pl.program_id(4)
+    if band is None:
+        o_ref, lse_ref, m_sc, num_sc, den_sc = rest
+        j, live = slot, None
+    else:
+        fm_ref, fn_ref, fd_ref, o_ref, lse_ref, m_sc, num_sc, den_sc = rest
+        j, live = band.key_of(i, slot)
+    T = w_ref.shape[-1]
     acc = krow_ref.dtype
 
-    @pl.when(j == 0)
+    @pl.when(slot == 0)
     def _init():
-        m_sc[...] = jnp.full(m_sc.shape, -_INF, acc)
-        num_sc[...] = jnp.zeros(num_sc.shape, acc)
-        den_sc[...] = jnp.zeros(den_sc.shape, acc)
+        if band is None:
+            m_sc[...] = jnp.full(m_sc.shape, -_INF, acc)
+            num_sc[...] = jnp.zeros(num_sc.shape, acc)
+            den_sc[...] = jnp.zeros(den_sc.shape, acc)
+        else:
+            m_sc[...], num_sc[...], den_sc[...] = fm_ref[...], fn_ref[...], fd_ref[...]
 
     def full_tile():
         wz, kz = _tile_inputs(w_ref, krow_ref, k_ref, kcol_ref)
@@ -227,13 +258,9 @@ def _fwd_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, lse_ref, m_sc, n
             den_m = functools.reduce(jnp.add, es)
             m_sc[rows, :], num_sc[rows, :], den_sc[rows, :] = _merge(*state, s, num_m, den_m)
 
-    if causal:
-        pl.when(j < i)(full_tile)
-        pl.when(j == i)(diagonal_tile)
-    else:
-        full_tile()
+    _run_tiles(causal, live, i, j, full_tile, diagonal_tile)
 
-    @pl.when(j == pl.num_programs(4) - 1)
+    @pl.when(slot == pl.num_programs(4) - 1)
     def _finish():
         den = den_sc[...]
         some = den > 0
@@ -302,12 +329,15 @@ def _bwd_micro(wrow, kz, vv, o, do, lse, r0):
 
 
 def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, dk_ref, dv_ref,
-                dv_sc, e_sc, *, causal, dt):
-    j, i = pl.program_id(3), pl.program_id(4)  # grid (b, g, c tile, key tile, query tile)
-    T = w_ref.shape[0]
+                dv_sc, e_sc, *, causal, dt, band=None):
+    # grid (b, g, c tile, key tile, query slot): query tile i = slot, or (windowed) the slot-th band
+    # query tile of key tile j; the windowed kernel sums the band only (the caller adds the rest)
+    j, slot = pl.program_id(3), pl.program_id(4)
+    i, live = (slot, None) if band is None else band.row_of(j, slot)
+    T = w_ref.shape[-1]
     acc = krow_ref.dtype
 
-    @pl.when(i == 0)
+    @pl.when(slot == 0)
     def _init():
         dv_sc[...] = jnp.zeros(dv_sc.shape, acc)
         e_sc[...] = jnp.zeros(e_sc.shape, acc)
@@ -337,23 +367,22 @@ def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref,
             dv_sc[pl.ds(r0, SUB), :] += dvm
             e_sc[pl.ds(r0, SUB), :] += em
 
-    if causal:
-        pl.when(j < i)(full_tile)
-        pl.when(j == i)(diagonal_tile)
-    else:
-        full_tile()
+    _run_tiles(causal, live, i, j, full_tile, diagonal_tile)
 
-    @pl.when(i == pl.num_programs(4) - 1)
+    @pl.when(slot == pl.num_programs(4) - 1)
     def _finish():
         dv = dv_sc[...]
         dv_ref[...] = dv
         dk_ref[...] = v_ref[...].astype(acc) * dv - e_sc[...]
 
 
-def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, dw_ref, *, causal, dt):
-    i, j = pl.program_id(1), pl.program_id(2)  # grid (g, query tile, key tile, b, c tile)
+def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, dw_ref, *, causal, dt,
+               band=None):
+    # grid (g, query tile, key slot, b, c tile); windowed: the slot-th band key tile
+    i, slot = pl.program_id(1), pl.program_id(2)
+    j, live = (slot, None) if band is None else band.key_of(i, slot)
     b, ct = pl.program_id(3), pl.program_id(4)
-    T = w_ref.shape[0]
+    T = w_ref.shape[-1]
     acc = krow_ref.dtype
 
     @pl.when(jnp.logical_and(b == 0, ct == 0))
@@ -380,11 +409,7 @@ def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, 
             _, _, dwm = _bwd_micro(wrow, kz, vv, o, do, lse, r0)
             dw_ref[pl.ds(r0, SUB), :] += dw + dwm
 
-    if causal:
-        pl.when(j < i)(full_tile)
-        pl.when(j == i)(diagonal_tile)
-    else:
-        full_tile()
+    _run_tiles(causal, live, i, j, full_tile, diagonal_tile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,9 +573,11 @@ def aft_mix(k, v, w, key_padding_mask=None, *, causal=False, block=128, interpre
     return jnp.reshape(jnp.transpose(o[:, :, :l, :], (0, 2, 1, 3)), (B, l, d))
 
 
-def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False):
+def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False, window=False):
     """The whole AFT layer for checked inputs (``jax_pallas.apply`` validates): projections and the
-    position bias w' exactly as the reference builds them, the weighted average by the kernel."""
+    position bias w' exactly as the reference builds them, the weighted average by the kernel --
+    or, ``window`` (plan's "pallas-aft-window": a narrow band, 1-D), by the windowed kernels of
+    :mod:`.jax_pallas_aft_window` with the band built from the parameters (no (G, l, l) w')."""
     grid = None
     if x.ndim == 4:
         B, H, W, d = x.shape
@@ -560,7 +587,13 @@ def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False
     q = x @ p["w_q"] + p["b_q"]
     k = x @ p["w_k"] + p["b_k"]
     v = x @ p["w_v"] + p["b_v"]
-    w = _ref_aft.position_bias(spec, p, jnp, l, causal, grid, _ref_common._dev(x))
-    mixed = aft_mix(k, v, w, mask, causal=causal, block=min(block_q, block_k), interpret=interpret)
+    block = min(block_q, block_k)
+    if window:
+        from . import jax_pallas_aft_window
+
+        mixed = jax_pallas_aft_window.mix(spec, p, k, v, mask, causal, block=block, interpret=interpret)
+    else:
+        w = _ref_aft.position_bias(spec, p, jnp, l, causal, grid, _ref_common._dev(x))
+        mixed = aft_mix(k, v, w, mask, causal=causal, block=block, interpret=interpret)
     y = (jax.nn.sigmoid(q) * mixed) @ p["w_o"] + p["b_o"]
     return y if grid is None else jnp.reshape(y, (x.shape[0], grid[0], grid[1], x.shape[2]))

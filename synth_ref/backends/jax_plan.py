@@ -11,10 +11,13 @@ import os
 
 import numpy as np
 
+from . import _aft_band
+
 PATHS = ("reference", "xla", "pallas", "pallas_interpret")
 ENV = "SYNTH_REF_JAX_PATH"
 #: Every name :func:`plan` returns.
-IMPLEMENTATIONS = ("reference", "xla-sdpa", "xla-random", "xla-scan", "pallas-flash", "pallas-aft")
+IMPLEMENTATIONS = ("reference", "xla-sdpa", "xla-random", "xla-scan", "pallas-flash", "pallas-aft",
+                   "pallas-aft-window")
 _PLATFORM_PATH = {"tpu": "pallas", "gpu": "xla", "cuda": "xla", "rocm": "xla"}
 # Logit components that dot_product_attention takes as q k^T + biases (no (B, l, l) array).
 _SDPA_COMPONENTS = {"dot_product", "dense", "random", "factorized_random"}
@@ -65,10 +68,13 @@ def _dtype_name(dtype):
 
 
 def plan(spec, *, masked: bool = False, path: str | None = None, platform: str | None = None,
-         dtype=None) -> str:
+         dtype=None, length: int | None = None, causal: bool = False) -> str:
     """The implementation :func:`apply` runs for this spec, one of ``IMPLEMENTATIONS`` (``masked``: a
-    key padding mask is given; causal or not, the same implementation runs; ``dtype``: x's dtype,
-    None for float32; ``platform``: as if on that platform, None for JAX's default)."""
+    key padding mask is given; ``dtype``: x's dtype, None for float32; ``platform``: as if on that
+    platform, None for JAX's default).  ``length`` (the sequence length l) and ``causal`` matter only
+    to aft_local and 1-D aft_conv on the Pallas paths: "pallas-aft-window" when their band of w' is
+    narrow (``_aft_band.use_window``: at most WINDOW_MAX_FRACTION of l offsets), else "pallas-aft";
+    without a length, "pallas-aft"."""
     path = select_path(path, platform)
     if path == "reference":
         return "reference"
@@ -87,5 +93,7 @@ def plan(spec, *, masked: bool = False, path: str | None = None, platform: str |
             return "xla-sdpa" if gpu and name != "float64" else "reference"
         return "pallas-flash" if comps <= _FLASH_COMPONENTS and kernel_dtype else "reference"
     if spec.variant in _AFT_KERNEL_VARIANTS and path != "xla" and kernel_dtype:
+        if length is not None and _aft_band.use_window(spec, length, causal):
+            return "pallas-aft-window"
         return "pallas-aft"
     return "reference"

@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _aft_band
 from ._aft import BN, BT, NEG, _cols, _dw_columns, _exact_z, _factors, _key_ok, _load_bc, _merge
 from ._common import acc_dtype, mask_args, pairs_in_range
 
@@ -338,35 +339,15 @@ class AftWindowMix(torch.autograd.Function):
         return dk, dv, dwb, None, None, None
 
 
-#: Dispatch: the windowed kernels run when the band holds at most this fraction of the keys,
-#: NW <= WINDOW_MAX_FRACTION * l (NW = 2 window - 1, or window under causal, for aft_local;
-#: kernel_size for aft_conv; both cropped to offsets within l), else the dense kernels of ``_aft``.
-#: A work count, not a timing (no GPU measured it): per row block the windowed forward visits at
-#: most (BT + NW - 1) / BT + 1 key tiles instead of l / BT, plus two O(1) merges and two scans of
-#: l d; at NW <= l / 2 that is no more tiles once l >= 4 BT, and far fewer for narrow bands.  Tests
-#: raise it to force the windowed path.
-WINDOW_MAX_FRACTION = 0.5
-
-
-def band_offsets(spec, l, causal):
-    """(lo, hi): the offsets t' - t where w' may be nonzero, cropped to the sequence (and, causal,
-    to t' <= t); None for the variants without a band (aft_full, aft_simple, 2-D aft_conv)."""
-    if spec.variant == "aft_local":
-        r = min(spec.window, l) - 1  # |t - t'| < window
-        lo, hi = -r, r
-    elif spec.variant == "aft_conv" and spec.spatial_dims == 1:
-        s = spec.kernel_size
-        off = s - 1 if causal else (s - 1) // 2  # _aft.position_bias: tap j at t' - t = j - off
-        lo, hi = max(-off, -(l - 1)), min(s - 1 - off, l - 1)
-    else:
-        return None
-    return lo, min(hi, 0) if causal else hi
+#: The dispatch fraction and the band's offsets have one home, shared with the JAX adapter
+#: (``synth_ref.backends._aft_band``); tests raise this module's copy to force the windowed path.
+WINDOW_MAX_FRACTION = _aft_band.WINDOW_MAX_FRACTION
+band_offsets = _aft_band.band_offsets
 
 
 def use_window(spec, l, causal) -> bool:
-    """The dispatch rule (see WINDOW_MAX_FRACTION)."""
-    off = band_offsets(spec, l, causal)
-    return off is not None and off[1] - off[0] + 1 <= WINDOW_MAX_FRACTION * l
+    """The dispatch rule (``_aft_band.use_window`` at this module's WINDOW_MAX_FRACTION)."""
+    return _aft_band.use_window(spec, l, causal, WINDOW_MAX_FRACTION)
 
 
 def band(spec, p, xp, l, causal, dev):
