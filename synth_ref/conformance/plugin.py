@@ -88,7 +88,7 @@ def _hypothesis_profiles():
         print_blob=True,
     )
     settings.register_profile("synth-ref-ci", max_examples=12, derandomize=True, database=None, **common)
-    settings.register_profile("synth-ref-kernels", max_examples=4, derandomize=True, database=None,
+    settings.register_profile("synth-ref-kernels", max_examples=2, derandomize=True, database=None,
                               **common)
     settings.register_profile("synth-ref-deep", max_examples=300, **common)
 
