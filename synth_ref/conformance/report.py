@@ -204,7 +204,7 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
     for e in backends:
         c = e["counts"]
         if not e["available"]:
-            lines.append(f"  {e['name']:<17} SKIPPED  {e['reason']}")
+            lines.append(f"  {e['name']:<22} SKIPPED  {e['reason']}")
             continue
         ratios = [
             (cell["worst_ratio"], f"{v} {dt} {kind}")
@@ -216,7 +216,7 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
         top = max(ratios, default=None)
         w = "" if top is None else f"; worst ratio {top[0]:.3g} ({top[1]})"
         lines.append(
-            f"  {e['name']:<17} {_overall(e):<7} {c['pass']} passed, {c['fail']} failed, "
+            f"  {e['name']:<22} {_overall(e):<7} {c['pass']} passed, {c['fail']} failed, "
             f"{c['error']} errors, {c['skip']} skipped in {e['seconds']} s [{e['profile']}; "
             f"{', '.join(e['dtypes'])}{'; vjp' if e['vjp'] else '; forward only'}]{w}"
         )
