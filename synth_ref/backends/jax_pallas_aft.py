@@ -557,20 +557,33 @@ def aft_mix(k, v, w, key_padding_mask=None, *, causal=False, block=128, interpre
     owns channels g*d/G ...), key_padding_mask (B, l) or None.  Differentiable in k, v and w."""
     B, l, d = v.shape
     G = w.shape[0]
-    c = d // G
-    T, tc, lp = tile_sizes(l, c, block)
-    pad = lp - l
+    T, tc, lp = tile_sizes(l, d // G, block)
+    gk, gv, bias = grouped_operands(k, v, key_padding_mask, G, lp)
+    wp = jnp.pad(w, ((0, 0), (0, lp - l), (0, lp - l)))
+    o = _core(gk, gv, wp, bias[:, None, :], bias[:, :, None], bool(causal), T, tc, interpret)
+    return ungrouped(o, l)
 
-    def grouped(t):  # (B, l, d) -> (B, G, lp, c)
+
+def grouped_operands(k, v, key_padding_mask, G, lp):
+    """K and V (B, l, d) as (B, G, lp, c), group g owning channels g*c ... and rows padded with 0 to
+    lp; and the key bias (B, lp) in the accumulation dtype: 0 for real keys, -inf for padded ones and
+    the padding rows."""
+    B, l, d = v.shape
+    c, pad = d // G, lp - l
+
+    def grouped(t):
         t = jnp.transpose(jnp.reshape(t, (B, l, G, c)), (0, 2, 1, 3))
         return jnp.pad(t, ((0, 0), (0, 0), (0, pad), (0, 0)))
 
     allowed = jnp.ones((B, l), bool) if key_padding_mask is None else key_padding_mask
     bias = jnp.pad(jnp.where(allowed, 0.0, -_INF), ((0, 0), (0, pad)), constant_values=-_INF)
-    bias = bias.astype(accumulator(v.dtype))
-    wp = jnp.pad(w, ((0, 0), (0, pad), (0, pad)))
-    o = _core(grouped(k), grouped(v), wp, bias[:, None, :], bias[:, :, None], bool(causal), T, tc, interpret)
-    return jnp.reshape(jnp.transpose(o[:, :, :l, :], (0, 2, 1, 3)), (B, l, d))
+    return grouped(k), grouped(v), bias.astype(accumulator(v.dtype))
+
+
+def ungrouped(o, l):
+    """(B, G, lp, c) back to (B, l, G*c)."""
+    B, G, _, c = o.shape
+    return jnp.reshape(jnp.transpose(o[:, :, :l, :], (0, 2, 1, 3)), (B, l, G * c))
 
 
 def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False, window=False):

@@ -44,7 +44,6 @@ import synth_ref._aft as _ref_aft
 
 from . import _aft_band
 from . import jax_pallas_aft as _dense
-from .jax_pallas_flash import accumulator
 
 _INF = float("inf")
 
@@ -319,22 +318,12 @@ def aft_window_mix(k, v, wb, lo, key_padding_mask=None, *, causal=False, block=1
     if lw != l or not (lo <= 0 <= hi):
         raise ValueError(f"wb: expected shape ({G}, {l}, NW) with offsets lo <= 0 <= lo + NW - 1; "
                          f"got shape {tuple(wb.shape)}, lo={lo}")
-    c = d // G
-    T, tc, lp = _dense.tile_sizes(l, c, block)
+    T, tc, lp = _dense.tile_sizes(l, d // G, block)
     bd = Band(T, lo, hi, l)
-    pad = lp - l
-
-    def grouped(t):  # (B, l, d) -> (B, G, lp, c)
-        t = jnp.transpose(jnp.reshape(t, (B, l, G, c)), (0, 2, 1, 3))
-        return jnp.pad(t, ((0, 0), (0, 0), (0, pad), (0, 0)))
-
-    allowed = jnp.ones((B, l), bool) if key_padding_mask is None else key_padding_mask
-    bias = jnp.pad(jnp.where(allowed, 0.0, -_INF), ((0, 0), (0, pad)), constant_values=-_INF)
-    bias = bias.astype(accumulator(v.dtype))
+    gk, gv, bias = _dense.grouped_operands(k, v, key_padding_mask, G, lp)
     wt = band_tiles(wb, lo, bd, lp)
-    o = _core(grouped(k), grouped(v), wt, bias[:, None, :], bias[:, :, None], bd, bool(causal), T, tc,
-              interpret)
-    return jnp.reshape(jnp.transpose(o[:, :, :l, :], (0, 2, 1, 3)), (B, l, d))
+    o = _core(gk, gv, wt, bias[:, None, :], bias[:, :, None], bd, bool(causal), T, tc, interpret)
+    return _dense.ungrouped(o, l)
 
 
 def mix(spec, p, k, v, mask, causal, *, block, interpret):

@@ -109,6 +109,27 @@ def _merge(m, num, den, bm, bnum, bden):
 
 
 @triton.jit
+def _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
+    """The causal diagonal tile's share of dV and of sum_t P (dO O) for its keys, elementwise with
+    the exact z = K + w' (the tile whose key maximum may lie after the row; see the docstring)."""
+    z = _exact_z(w, wok, kv, kok)
+    lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    p3 = tl.exp(z - lse[:, None, :])
+    do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    return tl.sum(p3 * do[:, None, :], 0), tl.sum(p3 * delta[:, None, :], 0)
+
+
+@triton.jit
+def _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d):
+    """dV and dK = V dV - sum_t P (dO O) for a (keys, columns) block of (B, l, d) gradients."""
+    at = b[None, :] * l * d + keys[:, None] * d + c[None, :]
+    ok = (keys[:, None] < l) & col_ok[None, :]
+    tl.store(dv_ptr + at, dv.to(dv_ptr.dtype.element_ty), mask=ok)
+    tl.store(dk_ptr + at, (vv * dv - pd).to(dk_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
          o_ptr, lse_ptr, l, d, eg, N, NB,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
@@ -181,17 +202,10 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
     if CAUSAL:
         rows = pid_k * BK + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
-        z = _exact_z(w, wok, kv, kok)
-        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        p3 = tl.exp(z - lse[:, None, :])
-        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        dv += tl.sum(p3 * do[:, None, :], 0)
-        pd += tl.sum(p3 * delta[:, None, :], 0)
-    at = b[None, :] * l * d + keys[:, None] * d + c[None, :]
-    ok = (keys[:, None] < l) & col_ok[None, :]
-    tl.store(dv_ptr + at, dv.to(dv_ptr.dtype.element_ty), mask=ok)
-    tl.store(dk_ptr + at, (vv * dv - pd).to(dk_ptr.dtype.element_ty), mask=ok)
+        ddv, dpd = _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        dv += ddv
+        pd += dpd
+    _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d)
 
 
 @triton.jit

@@ -38,7 +38,20 @@ import triton
 import triton.language as tl
 
 from .. import _aft_band
-from ._aft import BN, BT, NEG, _cols, _dw_columns, _exact_z, _factors, _key_ok, _load_bc, _merge
+from ._aft import (
+    BN,
+    BT,
+    NEG,
+    _cols,
+    _diag_dkv,
+    _dw_columns,
+    _exact_z,
+    _factors,
+    _key_ok,
+    _load_bc,
+    _merge,
+    _store_dkv,
+)
 from ._common import acc_dtype, mask_args, pairs_in_range
 
 
@@ -221,17 +234,10 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
     if CAUSAL:
         rows = k0 + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, True, ACC)
-        z = _exact_z(w, wok, kv, kok)
-        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        p3 = tl.exp(z - lse[:, None, :])
-        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        dv += tl.sum(p3 * do[:, None, :], 0)
-        pd += tl.sum(p3 * delta[:, None, :], 0)
-    at = b[None, :] * l * d + keys[:, None] * d + c[None, :]
-    ok = (keys[:, None] < l) & col_ok[None, :]
-    tl.store(dv_ptr + at, dv.to(dv_ptr.dtype.element_ty), mask=ok)
-    tl.store(dk_ptr + at, (vv * dv - pd).to(dk_ptr.dtype.element_ty), mask=ok)
+        ddv, dpd = _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        dv += ddv
+        pd += dpd
+    _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d)
 
 
 @triton.jit
