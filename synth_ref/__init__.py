@@ -14,7 +14,7 @@ PyTorch, JAX and CuPy arrays, and is differentiable under torch autograd and jax
 from __future__ import annotations
 
 from . import _aft, _softmax
-from ._inputs import check_causal, check_x, convert_mask, convert_params, namespace
+from ._inputs import prepare
 from ._spec import Spec
 from .variants import REGISTRY, VARIANTS
 
@@ -22,18 +22,8 @@ __all__ = ["VARIANTS", "REGISTRY", "Spec", "apply", "attention_weights"]
 __version__ = "0.1.0"
 
 
-def _check_spec(spec):
-    if not isinstance(spec, Spec):
-        raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
-
-
 def _prepare(spec, params, x, causal, key_padding_mask):
-    _check_spec(spec)
-    xp = namespace(x)
-    batch, length = check_x(spec, x, xp)
-    causal = check_causal(spec, causal)
-    p = convert_params(spec, params, x, xp)
-    mask = convert_mask(spec, key_padding_mask, x, xp, batch, length)
+    xp, p, causal, mask = prepare(spec, params, x, causal, key_padding_mask)
     family = _softmax if spec.family == "softmax" else _aft
     return family, p, xp, causal, mask
 

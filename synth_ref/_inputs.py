@@ -122,3 +122,17 @@ def check_causal(spec: Spec, causal) -> bool:
                 f"kernel_size: a non-causal aft_conv needs an odd (centred) kernel; got {spec.kernel_size}"
             )
     return causal
+
+
+def prepare(spec, params, x, causal, key_padding_mask):
+    """Every check :func:`synth_ref.apply` makes, in its order; returns (xp, params in x's namespace,
+    dtype and device, causal as a bool, the mask as x's boolean array or None).  The adapters' fused
+    paths call it too, so they accept and reject exactly what the reference does."""
+    if not isinstance(spec, Spec):
+        raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
+    xp = namespace(x)
+    batch, length = check_x(spec, x, xp)
+    causal = check_causal(spec, causal)
+    p = convert_params(spec, params, x, xp)
+    mask = convert_mask(spec, key_padding_mask, x, xp, batch, length)
+    return xp, p, causal, mask

@@ -72,13 +72,7 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
                 causal=bool(causal))
     if impl == "reference":
         return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
-    if not isinstance(spec, sr.Spec):
-        raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
-    xp = _inputs.namespace(x)
-    batch, length = _inputs.check_x(spec, x, xp)
-    causal = _inputs.check_causal(spec, causal)
-    p = _inputs.convert_params(spec, params, x, xp)
-    mask = _inputs.convert_mask(spec, key_padding_mask, x, xp, batch, length)
+    _, p, causal, mask = _inputs.prepare(spec, params, x, causal, key_padding_mask)
     if impl == "xla-scan":
         return _aft_simple(p, x, causal, mask)
     interpret = select_path(path) == "pallas_interpret"

@@ -9,19 +9,7 @@ from __future__ import annotations
 from array_api_compat import device as _device
 
 from synth_ref import _inputs
-from synth_ref._spec import Spec
-
-
-def prepare(spec, params, x, causal, key_padding_mask):
-    """Validate everything; return (xp, params in x's namespace and dtype, causal, mask)."""
-    if not isinstance(spec, Spec):
-        raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
-    xp = _inputs.namespace(x)
-    batch, length = _inputs.check_x(spec, x, xp)
-    causal = _inputs.check_causal(spec, causal)
-    p = _inputs.convert_params(spec, params, x, xp)
-    mask = _inputs.convert_mask(spec, key_padding_mask, x, xp, batch, length)
-    return xp, p, causal, mask
+from synth_ref._inputs import prepare  # noqa: F401  (the reference's checks, re-exported here)
 
 
 def check_dy(xp, x, dy):

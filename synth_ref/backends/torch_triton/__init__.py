@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 import synth_ref as sr
-from synth_ref._inputs import check_causal, check_x, convert_mask, convert_params, namespace
+from synth_ref._inputs import prepare
 
 KERNEL_MODES = ("auto", "never", "always")
 
@@ -95,18 +95,14 @@ def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_ma
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor; got {type(x).__name__}")
-    xp = namespace(x)
-    batch, length = check_x(spec, x, xp)
+    _, params, causal, mask = prepare(spec, params, x, causal, key_padding_mask)  # errors first
     name, why = choose(spec, x, kernels)
     if name is None:
         if kernels == "always":
             raise RuntimeError(f"kernels='always': no fused kernel runs here: {why}")
-        y = sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        y = sr.apply(spec, params, x, causal=causal, key_padding_mask=mask)
         return y, f"eager: {why}"
     from . import _plan
 
-    causal = check_causal(spec, causal)
-    params = convert_params(spec, params, x, xp)
-    mask = convert_mask(spec, key_padding_mask, x, xp, batch, length)
     y, ran = _plan.forward(name, spec, params, x, causal, mask)
     return y, f"triton:{ran}"
