@@ -55,8 +55,8 @@ def _check_same_namespace(what: str, a, x, xp) -> None:
         ) from None
 
 
-def convert_params(spec: Spec, params, x, xp) -> dict:
-    """Check names and shapes; bring NumPy arrays to x's namespace, dtype and device."""
+def param_shapes_of(spec: Spec, params) -> dict:
+    """``spec.param_shapes()`` once ``params`` is checked to be a dict with exactly those names."""
     if not isinstance(params, dict):
         raise TypeError(f"params: expected a dict of arrays; got {type(params).__name__}")
     want = spec.param_shapes()
@@ -67,6 +67,12 @@ def convert_params(spec: Spec, params, x, xp) -> dict:
             f"params: expected exactly the arrays of {spec.variant!r} {list(want)}; "
             f"missing {missing}, unexpected {extra}"
         )
+    return want
+
+
+def convert_params(spec: Spec, params, x, xp) -> dict:
+    """Check names and shapes; bring NumPy arrays to x's namespace, dtype and device."""
+    want = param_shapes_of(spec, params)
     dev = _device(x)
     out = {}
     for name, shape in want.items():

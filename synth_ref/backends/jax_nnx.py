@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 import synth_ref as sr
+from synth_ref._inputs import param_shapes_of
 
 from . import jax_pallas
 
@@ -67,14 +68,7 @@ class SynthLayer(nnx.Module):
         """Replace every parameter with ``params`` (canonical names and shapes, checked)."""
         import jax.numpy as jnp
 
-        if not isinstance(params, dict):
-            raise TypeError(f"params: expected a dict of arrays; got {type(params).__name__}")
-        want = self.spec.param_shapes()
-        missing = [n for n in want if n not in params]
-        extra = [n for n in params if n not in want]
-        if missing or extra:
-            raise ValueError(f"params: expected exactly the arrays of {self.spec.variant!r} {list(want)}; "
-                             f"missing {missing}, unexpected {extra}")
+        want = param_shapes_of(self.spec, params)
         for name, shape in want.items():
             a = params[name]
             if tuple(np.shape(a)) != shape:

@@ -25,7 +25,7 @@ from array_api_compat import array_namespace
 from torch import nn
 
 import synth_ref as sr
-from synth_ref._inputs import check_causal, check_x, convert_mask
+from synth_ref._inputs import check_causal, check_x, convert_mask, param_shapes_of
 
 from . import torch_triton
 
@@ -117,16 +117,7 @@ class MixingLayer(nn.Module):
     def load_canonical(self, params: dict) -> None:
         """Copy ``{name: array}`` (NumPy arrays or tensors, e.g. ``spec.init(seed)``) into the layer,
         cast to its dtype and device.  Names and shapes must be exactly ``spec.param_shapes()``."""
-        if not isinstance(params, dict):
-            raise TypeError(f"params: expected a dict of arrays; got {type(params).__name__}")
-        want = self.spec.param_shapes()
-        missing = [n for n in want if n not in params]
-        extra = [n for n in params if n not in want]
-        if missing or extra:
-            raise ValueError(
-                f"params: expected exactly the arrays of {self.spec.variant!r} {list(want)}; "
-                f"missing {missing}, unexpected {extra}"
-            )
+        want = param_shapes_of(self.spec, params)
         current = self.canonical_params()
         for name, shape in want.items():
             value = params[name]
