@@ -99,13 +99,23 @@ def _grouped(xp, t, G):
     return xp.reshape(t, (B, 1, l, G, d // G))
 
 
+def flatten_grid(xp, x):
+    """(x as (B, l, d), grid): a 2-D input (B, H, W, d) becomes the sequence of its H * W positions
+    in row-major order (grid = (H, W)); a 1-D one passes through (grid = None)."""
+    if x.ndim != 4:
+        return x, None
+    B, H, W, d = x.shape
+    return xp.reshape(x, (B, H * W, d)), (H, W)
+
+
+def unflatten_grid(xp, y, grid):
+    """The inverse of :func:`flatten_grid` for an output (B, l, d)."""
+    return y if grid is None else xp.reshape(y, (y.shape[0], *grid, y.shape[-1]))
+
+
 def _prepare(spec, p, x, xp, causal, key_padding_mask):
     """Flatten a 2-D grid, project, and build w' and the allowed mask."""
-    grid = None
-    if x.ndim == 4:
-        B, H, W, d = x.shape
-        grid = (H, W)
-        x = xp.reshape(x, (B, H * W, d))
+    x, grid = flatten_grid(xp, x)
     dev = c._dev(x)
     l = x.shape[1]
     q = c.linear(xp, x, p["w_q"], p["b_q"])
@@ -140,7 +150,7 @@ def _mix(xp, k, v, w, allowed):
 def apply(spec, p, x, xp, causal, key_padding_mask):
     grid, q, k, v, w, allowed = _prepare(spec, p, x, xp, causal, key_padding_mask)
     y = c.linear(xp, c.sigmoid(xp, q) * _mix(xp, k, v, w, allowed), p["w_o"], p["b_o"])
-    return y if grid is None else xp.reshape(y, (y.shape[0], *grid, y.shape[-1]))
+    return unflatten_grid(xp, y, grid)
 
 
 def weights(spec, p, x, xp, causal, key_padding_mask):

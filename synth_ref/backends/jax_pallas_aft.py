@@ -591,11 +591,7 @@ def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False
     position bias w' exactly as the reference builds them, the weighted average by the kernel --
     or, ``window`` (plan's "pallas-aft-window": a narrow band, 1-D), by the windowed kernels of
     :mod:`.jax_pallas_aft_window` with the band built from the parameters (no (G, l, l) w')."""
-    grid = None
-    if x.ndim == 4:
-        B, H, W, d = x.shape
-        grid = (H, W)
-        x = jnp.reshape(x, (B, H * W, d))
+    x, grid = _ref_aft.flatten_grid(jnp, x)
     l = x.shape[1]
     q = x @ p["w_q"] + p["b_q"]
     k = x @ p["w_k"] + p["b_k"]
@@ -609,4 +605,4 @@ def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False
         w = _ref_aft.position_bias(spec, p, jnp, l, causal, grid, _ref_common._dev(x))
         mixed = aft_mix(k, v, w, mask, causal=causal, block=block, interpret=interpret)
     y = (jax.nn.sigmoid(q) * mixed) @ p["w_o"] + p["b_o"]
-    return y if grid is None else jnp.reshape(y, (x.shape[0], grid[0], grid[1], x.shape[2]))
+    return _ref_aft.unflatten_grid(jnp, y, grid)

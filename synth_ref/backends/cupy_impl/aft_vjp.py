@@ -10,6 +10,7 @@ Backward, given dy:  dG = dy w_o^T;  dR = dG sigmoid(Q);  dQ = dG R sigmoid'(Q);
 from __future__ import annotations
 
 from synth_ref import _common as c
+from synth_ref._aft import flatten_grid, unflatten_grid
 
 from ._prep import linear, linear_backward, pad_to
 from .position import Band, BandGrad, Position, band_to_dense
@@ -159,11 +160,7 @@ def _sigmoid_grad(xp, q):
 
 
 def forward(spec, p, x, xp, causal, kpm, ops):
-    grid = None
-    if x.ndim == 4:
-        B, H, W, d = x.shape
-        grid = (H, W)
-        x = xp.reshape(x, (B, H * W, d))
+    x, grid = flatten_grid(xp, x)
     l = x.shape[1]
     q = linear(xp, x, p["w_q"], p["b_q"])
     k = linear(xp, x, p["w_k"], p["b_k"])
@@ -175,9 +172,7 @@ def forward(spec, p, x, xp, causal, kpm, ops):
     y = linear(xp, gated, p["w_o"], p["b_o"])
     res = {"grid": grid, "x": x, "q": q, "k": k, "v": v, "pos": pos, "bres": bres, "r": r, "lse": lse,
            "sg": sg, "gated": gated}
-    if grid is not None:
-        y = xp.reshape(y, (y.shape[0],) + grid + (y.shape[2],))
-    return y, res
+    return unflatten_grid(xp, y, grid), res
 
 
 def backward(spec, p, x, xp, res, dy, causal, kpm, ops):
