@@ -109,6 +109,20 @@ def _merge(m, num, den, bm, bnum, bden):
 
 
 @triton.jit
+def _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
+    """An off-diagonal (rows, keys) tile's share of dV and of sum_t P (dO O) for its keys, as two
+    GEMMs: P = ew ek scale with scale = exp(bound - lse) (lse = +inf on an empty row gives 0)."""
+    ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
+    lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
+    do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    ewt = tl.trans(ew)
+    return (ek * tl.dot(ewt, scale * do, out_dtype=ACC, input_precision="ieee"),
+            ek * tl.dot(ewt, scale * delta, out_dtype=ACC, input_precision="ieee"))
+
+
+@triton.jit
 def _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
     """The causal diagonal tile's share of dV and of sum_t P (dO O) for its keys, elementwise with
     the exact z = K + w' (the tile whose key maximum may lie after the row; see the docstring)."""
@@ -191,14 +205,9 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
     for start in range(lo, l, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
-        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))  # P = ew ek scale; lse = +inf -> 0
-        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        ewt = tl.trans(ew)
-        dv += ek * tl.dot(ewt, scale * do, out_dtype=ACC, input_precision="ieee")
-        pd += ek * tl.dot(ewt, scale * delta, out_dtype=ACC, input_precision="ieee")
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        dv += ddv
+        pd += dpd
     if CAUSAL:
         rows = pid_k * BK + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)

@@ -51,6 +51,7 @@ from ._aft import (
     _load_bc,
     _merge,
     _store_dkv,
+    _tile_dkv,
 )
 from ._common import acc_dtype, mask_args, pairs_in_range
 
@@ -223,14 +224,9 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
     for start in range(lo_rows, (ihi + 1) * BT, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, False, ACC)
-        ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
-        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
-        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        ewt = tl.trans(ew)
-        dv += ek * tl.dot(ewt, scale * do, out_dtype=ACC, input_precision="ieee")
-        pd += ek * tl.dot(ewt, scale * delta, out_dtype=ACC, input_precision="ieee")
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        dv += ddv
+        pd += dpd
     if CAUSAL:
         rows = k0 + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, True, ACC)
