@@ -35,8 +35,9 @@ def test_platform_decides_the_path(monkeypatch):
     monkeypatch.delenv(jp.ENV, raising=False)
     assert jp.select_path(platform="tpu") == "pallas"
     assert jp.select_path(platform="gpu") == "xla"
-    assert jp.select_path(platform="cpu") == "reference"
-    assert jp.select_path() == "reference"  # this CPU test process
+    assert jp.select_path(platform="cpu") == "xla"
+    assert jp.select_path(platform="other") == "reference"
+    assert jp.select_path() == "xla"  # this CPU test process
     monkeypatch.setenv(jp.ENV, INTERP)
     assert jp.select_path(platform="tpu") == INTERP  # the environment forces a path
     assert jp.select_path("xla") == "xla"  # an explicit argument wins
@@ -54,8 +55,8 @@ def test_platform_decides_the_path(monkeypatch):
     ("random", True, "pallas-flash", "xla-sdpa"),
     ("factorized_dense-outer", False, "pallas-flash", "reference"),
     ("mixture", False, "pallas-flash", "reference"),  # has a factorized_dense component
-    ("aft_full", True, "pallas-aft", "reference"),
-    ("aft_conv-2d", False, "pallas-aft", "reference"),
+    ("aft_full", True, "pallas-aft", "xla-aft"),
+    ("aft_conv-2d", False, "pallas-aft", "xla-aft"),
     ("aft_simple", True, "xla-scan", "xla-scan"),
 ])
 def test_plan_names_the_implementation(case, masked, pallas, xla):
@@ -64,15 +65,16 @@ def test_plan_names_the_implementation(case, masked, pallas, xla):
     assert jp.plan(spec, masked=masked, path=INTERP) == pallas
     assert jp.plan(spec, masked=masked, path="xla", platform="gpu") == xla
     assert jp.plan(spec, masked=masked, path="reference") == "reference"
-    # on CPU the xla path keeps only the random rewrite and the scan (dot_product_attention would
-    # be the reference's math); float64 never takes dot_product_attention (its XLA form computes in
-    # float32)
-    cpu = xla if xla in ("xla-random", "xla-scan") else "reference"
+    # on CPU the xla path keeps the random rewrite, the scan and AFT's GEMMs (dot_product_attention
+    # would be the reference's math); float64 never takes dot_product_attention (its XLA form
+    # computes in float32)
+    cpu = xla if xla in ("xla-random", "xla-scan", "xla-aft") else "reference"
     assert jp.plan(spec, masked=masked, path="xla", platform="cpu") == cpu
     assert jp.plan(spec, masked=masked, path="xla", platform="gpu", dtype="float64") == cpu
-    # compiled kernels take float32 / bfloat16 only; the scan is plain XLA, so any dtype
+    # compiled kernels take float32 / bfloat16 only; the scan and AFT's GEMMs are plain XLA, so any
+    # dtype
     assert jp.plan(spec, masked=masked, path="pallas", dtype=jnp.float16) == (
-        "xla-scan" if pallas == "xla-scan" else "reference")
+        xla if xla in ("xla-scan", "xla-aft") else "reference")
     assert jp.plan(spec, masked=masked, path=INTERP, dtype="float64") == pallas
 
 
@@ -202,9 +204,11 @@ def _band_dense(wb, lo):
     return jnp.where(inside[None], wb[:, t[:, None], np.clip(off, 0, nw - 1)], 0.0)
 
 
-def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_TOL["float32"], lo=None):
+def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_TOL["float32"], lo=None,
+               mix=None):
     """The kernel's output and gradients against the float64 formula; lo given: w is a band wb for
-    the windowed kernels (aft_window_mix), else the dense (G, l, l) w' for aft_mix."""
+    the windowed kernels (aft_window_mix), else the dense (G, l, l) w' for aft_mix, or for ``mix``
+    (k, v, w, mask, causal) if given (the XLA path's jax_xla_aft.mix)."""
     with jax.enable_x64(True):
         def gold_loss(kk, vv, ww):
             y = _aft_gold(kk, vv, ww if lo is None else _band_dense(ww, lo), jnp.asarray(mask), causal)
@@ -216,7 +220,9 @@ def _check_aft(k, v, w, mask, causal, block, dy, tol=TOL["float32"], gtol=GRAD_T
     @jax.jit
     def run(kk, vv, ww):
         def f(kk, vv, ww):
-            if lo is None:
+            if mix is not None:
+                y = mix(kk, vv, ww, jnp.asarray(mask), causal=causal)
+            elif lo is None:
                 y = aft_mix(kk, vv, ww, jnp.asarray(mask), causal=causal, block=block, interpret=True)
             else:
                 y = aft_window_mix(kk, vv, ww, lo, jnp.asarray(mask), causal=causal, block=block,
@@ -289,6 +295,39 @@ def test_rank_one_safety_check():
     # the same with 50s: gap 50 <= 60, safe
     wz, kz = wz * 50 / 70, kz * 50 / 70
     assert bool(_rank_one_safe(wz, kz, *_rank_one(wz, kz)[:2]))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_xla_aft_two_gemms_and_their_exact_fallback(causal, monkeypatch):
+    """The XLA path's AFT (jax_xla_aft.mix): two GEMMs with a rank-one shift, proven safe per call
+    by den >= l exp(-GAP), else the exact row-block form.  Ordinary inputs: the GEMMs, to the float64
+    formula (rows with no allowed key exactly 0).  w and K spread over +-100 against each other: the
+    check must send the call to the exact form -- with the check disabled (GAP huge) the same
+    inputs come out wrong, which is what the check is for.  The exact form alone (GAP = -inf, so
+    nothing is proven) matches the formula on ordinary inputs too, gradients included."""
+    from synth_ref.backends import jax_xla_aft as xa
+
+    B, l, d, G = 3, 13, 8, 2
+    rng = np.random.default_rng(6)
+    k, v = rng.standard_normal((B, l, d)), rng.standard_normal((B, l, d))
+    w = rng.standard_normal((G, l, l))
+    mask, dy = _key_mask(B, l), rng.standard_normal((B, l, d))
+    y = _check_aft(k, v, w, mask, causal, None, dy, mix=xa.mix)
+    assert np.all(y[2] == 0), "rows with no allowed key must be exactly 0"
+
+    spread_k = k.copy()
+    spread_k[:, :, :] -= 100.0
+    spread_k[:, 0, :] += 200.0  # K peaks at key 0 ...
+    spread_w = w.copy()
+    spread_w[:, :, 0] -= 200.0  # ... where w is lowest: shift - exact max is about 200
+    _check_aft(spread_k, v, spread_w, mask, causal, None, dy, mix=xa.mix)
+    monkeypatch.setitem(xa.GAP, "float32", 1e9)  # the check disabled: the GEMMs always trusted
+    with pytest.raises(AssertionError):
+        _check_aft(spread_k, v, spread_w, mask, causal, None, dy, mix=xa.mix)
+    monkeypatch.setitem(xa.GAP, "float32", -float("inf"))  # nothing proven: the exact form always
+    monkeypatch.setattr(xa, "FALLBACK_BLOCK_ELEMENTS", B * l * d * 4)  # 4 rows a block: 4 blocks
+    y = _check_aft(k, v, w, mask, causal, None, dy, mix=xa.mix)
+    assert np.all(y[2] == 0)
 
 
 def test_aft_kernel_bfloat16():
@@ -379,7 +418,7 @@ def test_plan_window_rule():
     assert jp.plan(local, path="pallas", length=6, causal=True) == "pallas-aft-window"
     assert jp.plan(local, path="pallas", length=5, causal=True) == "pallas-aft"
     assert jp.plan(local, path="pallas") == "pallas-aft"  # no length: the dense kernel
-    assert jp.plan(local, path="pallas", length=10, dtype="float64") == "reference"
+    assert jp.plan(local, path="pallas", length=10, dtype="float64") == "xla-aft"  # not a TPU matmul dtype
     assert jp.plan(CASES["aft_full"], path="pallas", length=100) == "pallas-aft"
     assert jp.plan(CASES["aft_conv-2d"], path="pallas", length=100) == "pallas-aft"
 
@@ -462,13 +501,15 @@ def test_layer_through_pallas_interpreter(case):
     _layer(spec, INTERP, "float32", causal=not two_d, masked=not two_d)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("case", XLA_CASES)
+@pytest.mark.parametrize("case, masked", [(c, m) for c in XLA_CASES for m in (False, True)
+                                           if not (m and CASES[c].spatial_dims == 2)])
 def test_layer_through_xla_path(case, masked):
     """The GPU path's rewrites, planned as on a GPU: dot_product_attention runs its XLA form here
     (cuDNN needs a GPU), so what is checked is the mapping onto it (zero-padded widths, biases,
-    masks, empty rows set to 0) and the random rewrite."""
-    _layer(CASES[case], "xla", "float32", causal=True, masked=masked, platform="gpu")
+    masks, empty rows set to 0), the random rewrite and AFT's two GEMMs (a 2-D grid takes neither a
+    causal nor a padding mask)."""
+    spec = CASES[case]
+    _layer(spec, "xla", "float32", causal=spec.spatial_dims != 2, masked=masked, platform="gpu")
 
 
 def _batched_lxl(jaxpr, l):

@@ -1,7 +1,7 @@
 """JAX adapters: the layer under ``jax.jit`` on JAX's default device; ``vjp`` by ``jax.vjp``.
 
-``jax`` takes the platform's path (:mod:`.jax_pallas`: the reference on CPU, XLA rewrites on GPU,
-Pallas on TPU; ``SYNTH_REF_JAX_PATH`` overrides).  ``jax-pallas-interpret`` always takes the Pallas
+``jax`` takes the platform's path (:mod:`.jax_pallas`: XLA rewrites on CPU and GPU, Pallas on TPU;
+``SYNTH_REF_JAX_PATH`` overrides).  ``jax-pallas-interpret`` always takes the Pallas
 kernels under Pallas's interpreter (path ``pallas_interpret``): how CI certifies the TPU kernels on
 CPU.  Variants no kernel covers run the reference on either (``jax_pallas.plan`` says which).
 
@@ -38,8 +38,8 @@ def _x64(on: bool):
 
 
 def _apply(spec, causal, path, block, params, x, mask):
-    # Dispatch (jax_pallas, issue 5): the platform picks the reference (CPU), XLA rewrites (GPU) or
-    # Pallas kernels (TPU); SYNTH_REF_JAX_PATH forces one, e.g. pallas_interpret to check the
+    # Dispatch (jax_pallas, issue 5): the platform picks XLA rewrites (CPU, GPU) or Pallas kernels
+    # (TPU); SYNTH_REF_JAX_PATH forces one, e.g. pallas_interpret to check the
     # kernels on CPU.  Read at trace time; the protocol is unchanged.
     from .jax_pallas import apply
 

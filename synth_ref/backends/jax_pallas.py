@@ -3,15 +3,18 @@
 Paths (``PATHS``), chosen per call:
 
 ``"reference"``
-    :func:`synth_ref.apply` itself (XLA compiles it; differentiated by JAX).  The CPU default.
+    :func:`synth_ref.apply` itself (XLA compiles it; differentiated by JAX).
 ``"xla"``
-    Rewrites that XLA runs well, the GPU default: ``random`` without key padding computes
+    Rewrites that XLA runs well, the GPU and CPU default: ``random`` without key padding computes
     softmax(R) once per head and one matmul with the batch folded into the value columns (any
-    platform); on a GPU, softmax variants whose logits are a low-rank product plus biases go through
-    :func:`jax.nn.dot_product_attention` (cuDNN's fused kernel for float16 / bfloat16 where cuDNN
-    accepts the shapes, else its XLA form; float64 excluded: that form computes in float32).
-    ``aft_simple`` is a prefix scan (below; any platform, on every fused path).  Everything else:
-    the reference (which XLA compiles; on CPU the rewrite would be the same math).
+    platform); aft_full, aft_local and aft_conv are two GEMMs with a checked rank-one shift
+    (:mod:`.jax_xla_aft`, any platform and dtype: O(l^2 d) multiply-adds instead of the reference's
+    O(l^2 d) exponentials, with an exact fallback the check selects); on a GPU, softmax variants
+    whose logits are a low-rank product plus biases go through :func:`jax.nn.dot_product_attention`
+    (cuDNN's fused kernel for float16 / bfloat16 where cuDNN accepts the shapes, else its XLA form;
+    float64 excluded: that form computes in float32).  ``aft_simple`` is a prefix scan (below; any
+    platform, on every fused path).  Everything else: the reference (which XLA compiles; on CPU the
+    dot_product_attention rewrite would be the same math).
 ``"pallas"``
     The Pallas kernels (:mod:`.jax_pallas_flash`: every softmax variant and mixture;
     :mod:`.jax_pallas_aft`: aft_full, aft_local, aft_conv) compiled for the device; written for the
@@ -21,9 +24,9 @@ Paths (``PATHS``), chosen per call:
     checks the kernels without a TPU.
 
 Default: ``select_path()`` -- the environment variable ``SYNTH_REF_JAX_PATH`` if set (one of
-``PATHS``), else by platform (TPU: pallas, GPU: xla, CPU and others: reference).  Per call:
+``PATHS``), else by platform (TPU: pallas, GPU and CPU: xla, others: reference).  Per call:
 ``apply(..., path=...)``.  :func:`plan` says which implementation a call would run (the visible
-flag): ``"reference"``, ``"xla-sdpa"``, ``"xla-random"``, ``"xla-scan"``, ``"pallas-flash"`` or
+flag): ``"reference"``, ``"xla-sdpa"``, ``"xla-random"``, ``"xla-scan"``, ``"xla-aft"``, ``"pallas-flash"`` or
 ``"pallas-aft"`` or ``"pallas-aft-window"`` (aft_local and 1-D aft_conv with a band of w' at most
 half the length: :mod:`.jax_pallas_aft_window`, no (G, l, l) array) (the table per platform and
 variant: docs/jax-paths.md, generated from it).
@@ -35,8 +38,8 @@ axis (parameters replicated, their gradients ``psum``-ed over the axis), as that
 Every variant has a fused form: factorized_dense (alone or in a mixture) on the Pallas paths (its
 logits built tile by tile in the flash kernel; on the XLA path it runs the reference, as its
 Hadamard product of gathers is no q k^T for dot_product_attention) and aft_simple as an XLA scan
-on every fused path.  float16 and float64 run the reference on the compiled ``"pallas"`` path
-(except aft_simple, whose scan is plain XLA).
+on every fused path.  float16 and float64 run the reference on the compiled ``"pallas"`` path,
+except the AFT variants, whose scan or GEMMs are plain XLA.
 """
 
 from __future__ import annotations
@@ -76,11 +79,11 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
     if impl == "xla-scan":
         return _aft_simple(p, x, causal, mask)
     interpret = select_path(path) == "pallas_interpret"
-    if impl in ("pallas-aft", "pallas-aft-window"):
+    if impl in ("pallas-aft", "pallas-aft-window", "xla-aft"):
         from . import jax_pallas_aft
 
-        return jax_pallas_aft.apply(spec, p, x, causal, mask, block_q=block_q, block_k=block_k,
-                                    interpret=interpret, window=impl == "pallas-aft-window")
+        return jax_pallas_aft.apply(spec, p, x, causal, mask, impl=impl, block_q=block_q,
+                                    block_k=block_k, interpret=interpret)
     v = _heads(_linear(x, p["w_v"], p["b_v"]), spec.n_heads)
     if impl == "xla-random":
         o = _random_folded(p["r"], v, causal)
@@ -306,6 +309,7 @@ def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
         o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation="xla")
     o = jnp.transpose(o[..., :e], (0, 2, 1, 3))
     if mask is not None:
-        seen = jnp.cumsum(mask, axis=1) > 0 if causal else jnp.any(mask, axis=1, keepdims=True)
-        o = o * jnp.broadcast_to(seen, (B, l))[:, None, :, None].astype(o.dtype)
+        from .jax_xla_aft import rows_with_keys
+
+        o = o * rows_with_keys(mask, causal)[:, None, :, None].astype(o.dtype)
     return o

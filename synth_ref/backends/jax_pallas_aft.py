@@ -586,23 +586,29 @@ def ungrouped(o, l):
     return jnp.reshape(jnp.transpose(o[:, :, :l, :], (0, 2, 1, 3)), (B, l, G * c))
 
 
-def apply(spec, p, x, causal, mask, *, block_q=128, block_k=128, interpret=False, window=False):
+def apply(spec, p, x, causal, mask, *, impl="pallas-aft", block_q=128, block_k=128, interpret=False):
     """The whole AFT layer for checked inputs (``jax_pallas.apply`` validates): projections and the
-    position bias w' exactly as the reference builds them, the weighted average by the kernel --
-    or, ``window`` (plan's "pallas-aft-window": a narrow band, 1-D), by the windowed kernels of
-    :mod:`.jax_pallas_aft_window` with the band built from the parameters (no (G, l, l) w')."""
+    position bias w' exactly as the reference builds them, the weighted average by ``impl`` (plan's
+    name): "pallas-aft", the kernel above; "pallas-aft-window" (a narrow band, 1-D), the windowed
+    kernels of :mod:`.jax_pallas_aft_window` with the band built from the parameters (no (G, l, l)
+    w'); "xla-aft", the two GEMMs of :mod:`.jax_xla_aft` (no Pallas)."""
     x, grid = _ref_aft.flatten_grid(jnp, x)
     l = x.shape[1]
     q = x @ p["w_q"] + p["b_q"]
     k = x @ p["w_k"] + p["b_k"]
     v = x @ p["w_v"] + p["b_v"]
     block = min(block_q, block_k)
-    if window:
+    if impl == "pallas-aft-window":
         from . import jax_pallas_aft_window
 
         mixed = jax_pallas_aft_window.mix(spec, p, k, v, mask, causal, block=block, interpret=interpret)
     else:
         w = _ref_aft.position_bias(spec, p, jnp, l, causal, grid, _ref_common._dev(x))
-        mixed = aft_mix(k, v, w, mask, causal=causal, block=block, interpret=interpret)
+        if impl == "xla-aft":
+            from . import jax_xla_aft
+
+            mixed = jax_xla_aft.mix(k, v, w, mask, causal=causal)
+        else:
+            mixed = aft_mix(k, v, w, mask, causal=causal, block=block, interpret=interpret)
     y = (jax.nn.sigmoid(q) * mixed) @ p["w_o"] + p["b_o"]
     return _ref_aft.unflatten_grid(jnp, y, grid)
