@@ -11,28 +11,41 @@ from importlib import metadata
 
 from . import measure
 
-_LIBS = (
-    "numpy",
-    "torch",
-    "jax",
-    "jaxlib",
-    "array_api_compat",
-    "matplotlib",
-    "triton",
-    "cupy-cuda12x",
-    "synth_ref",
-)
+#: JSON key -> the distributions that provide it, first installed wins (CuPy ships one wheel per
+#: CUDA major: the lent GPU has cupy-cuda13x, this project's extra names cupy-cuda12x).
+_LIBS = {
+    "numpy": ("numpy",),
+    "torch": ("torch",),
+    "jax": ("jax",),
+    "jaxlib": ("jaxlib",),
+    "array_api_compat": ("array-api-compat",),
+    "matplotlib": ("matplotlib",),
+    "triton": ("triton",),
+    "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
+    "synth_ref": ("synth-ref",),
+}
+
+
+def _installed(dists) -> str | None:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return None
 
 
 def versions() -> dict:
     """Installed versions from package metadata (importing triton or cupy just to ask would cost
-    seconds); torch's own string, which names its build (+cpu, +cu128)."""
+    seconds); torch's own string, which names its build (+cpu, +cu128); synth_ref's own
+    ``__version__`` where it runs from a checkout without being installed (the lent GPU)."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in _LIBS:
-        try:
-            out[name] = metadata.version(name.replace("_", "-"))
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    for key, dists in _LIBS.items():
+        out[key] = _installed(dists)
+    if out["synth_ref"] is None:
+        import synth_ref
+
+        out["synth_ref"] = synth_ref.__version__
     try:
         import torch
 

@@ -78,6 +78,21 @@ def test_plan_names_the_implementation(case, masked, pallas, xla):
     assert jp.plan(spec, masked=masked, path=INTERP, dtype="float64") == pallas
 
 
+def test_adapter_says_which_implementation_ran():
+    """The jax adapter's visible flag: ``last_path`` is plan's name for the call just made (here on
+    CPU: the xla path's GEMMs for aft_full, the reference for dense; pallas_interpret: the kernel)."""
+    from synth_ref.backends.jax import JaxAdapter
+
+    for case, path, expect in [("aft_full", None, "xla-aft"), ("dense", None, "reference"),
+                               ("dense", INTERP, "pallas-flash")]:
+        spec = CASES[case]
+        adapter = JaxAdapter(path=path)
+        params, x, _ = inputs(spec, batch=1)
+        p = {k: adapter.from_numpy(v, "float32") for k, v in params.items()}
+        adapter.apply(spec, p, adapter.from_numpy(x, "float32"))
+        assert adapter.last_path == expect, (case, path)
+
+
 def test_bad_inputs_are_checked_on_fused_paths_too():
     spec = CASES["dense"]
     params, x, _ = inputs(spec)

@@ -66,6 +66,7 @@ class JaxAdapter:
         self.path = path  # a jax_pallas path, or None: the platform's (or SYNTH_REF_JAX_PATH's)
         self.block = block  # Pallas tile size (rows and keys), None: jax_pallas.apply's default
         self._jitted = None
+        self.last_path = None  # the implementation the last apply / vjp ran (jax_pallas.plan's name)
         if path == "pallas_interpret":
             # What the compiled kernels take (jax_plan._PALLAS_DTYPES), and float64: the kernels'
             # logic at gold precision.  float16 never reaches a compiled kernel (the reference
@@ -108,11 +109,18 @@ class JaxAdapter:
             a = a.astype(np.float32)
         return a
 
+    def _record(self, spec, x, causal, key_padding_mask):
+        from .jax_pallas import plan_call
+
+        self.last_path = plan_call(spec, x, causal, key_padding_mask, path=self.path)
+
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
+        self._record(spec, x, causal, key_padding_mask)
         with _x64(x.dtype.name == "float64"):
             return self._fns()[0](spec, bool(causal), self.path, self.block, params, x, key_padding_mask)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
+        self._record(spec, x, causal, key_padding_mask)
         with _x64(x.dtype.name == "float64"):
             return self._fns()[1](spec, bool(causal), self.path, self.block, params, x, dy,
                                   key_padding_mask)

@@ -69,10 +69,7 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
     """:func:`synth_ref.apply` through the implementation :func:`plan` picks; same contract (inputs
     checked the same way, same output).  ``block_q`` / ``block_k``: Pallas tile sizes.
     ``platform``: plan as if on this platform (tests run the GPU rewrites' XLA form on CPU)."""
-    shape = getattr(x, "shape", ())
-    impl = plan(spec, masked=key_padding_mask is not None, path=path, platform=platform,
-                dtype=getattr(x, "dtype", None), length=shape[1] if len(shape) == 3 else None,
-                causal=bool(causal))
+    impl = plan_call(spec, x, causal, key_padding_mask, path=path, platform=platform)
     if impl == "reference":
         return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
     _, p, causal, mask = _inputs.prepare(spec, params, x, causal, key_padding_mask)
@@ -100,6 +97,14 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
                                 factorized=factorized_operands(spec, p, x), causal=causal,
                                 block_q=block_q, block_k=block_k, interpret=interpret)
     return _linear(_merge(o), p["w_o"], p["b_o"])
+
+
+def plan_call(spec: sr.Spec, x, causal=False, key_padding_mask=None, *, path=None, platform=None) -> str:
+    """:func:`plan` for the arguments of an :func:`apply` call: the implementation that call runs."""
+    shape = getattr(x, "shape", ())
+    return plan(spec, masked=key_padding_mask is not None, path=path, platform=platform,
+                dtype=getattr(x, "dtype", None), length=shape[1] if len(shape) == 3 else None,
+                causal=bool(causal))
 
 
 # ---------------------------------------------------------------------------------------------
