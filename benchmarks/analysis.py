@@ -305,3 +305,73 @@ def claim_aft_memory(rows, settings, probe_rows=()) -> dict:
 
 def f_key(f):
     return (f["impl"], f["variant"], f["dtype"], f["pass"])
+
+
+#: Issues 5 and 6's speed targets, checked on the adapters' whole-layer rows: (issue, what, numerator
+#: impl, denominator impl, pass, limit, direction).  "torch" stands for the torch adapter of the run's
+#: device (torch-cuda on a GPU); "backward" is forward + backward minus forward.
+ADAPTER_TARGETS = (
+    (5, "jax within 1.5x of the torch adapter (forward + backward)", "jax", "torch", "forward_backward",
+     1.5, "at most"),
+    (5, "jax at least 3x faster than its plain jnp reference (forward + backward)", "jax-reference", "jax",
+     "forward_backward", 3.0, "at least"),
+    (6, "cupy forward within 1.5x of the torch adapter's", "cupy", "torch", "forward", 1.5, "at most"),
+    (6, "cupy backward within 2x of the torch adapter's", "cupy", "torch", "backward", 2.0, "at most"),
+)
+#: The 3x target names these variants, at l = 4096.
+REFERENCE_SPEEDUP_VARIANTS = ("dense", "random", "aft_full")
+TARGET_LENGTH = 4096
+
+
+def _pass_time(idx, impl, variant, dtype, length, p):
+    if p != "backward":
+        r = idx.get((impl, variant, dtype, length, p))
+        return None if r is None else r["time_s"]
+    fb, fw = (_pass_time(idx, impl, variant, dtype, length, q) for q in ("forward_backward", "forward"))
+    return None if fb is None or fw is None or fb <= fw else fb - fw
+
+
+def adapter_targets(rows, settings) -> dict:
+    """Issues 5 and 6's adapter targets from the sweep's rows: per target and variant, the ratio
+    (numerator impl's time / denominator's) at every length both reached, judged at l = 4096 where
+    measured, else at the longest such length (said in ``judged_at``).  The targets are stated for a
+    GPU (B=4, h=8, e=64, bfloat16: the cuda-quick mode's shapes); a CPU run's numbers are shown for
+    what they are."""
+    idx = _index(rows)
+    torch_name = "torch-cuda" if settings.device == "cuda" else "torch"
+    checks = []
+    for issue, what, num, den, p, limit, direction in ADAPTER_TARGETS:
+        num, den = (torch_name if n == "torch" else n for n in (num, den))
+        variants = REFERENCE_SPEEDUP_VARIANTS if num == "jax-reference" else settings.variants
+        for variant in variants:
+            for dtype in settings.dtypes:
+                points = []
+                for length in settings.lengths:
+                    a = _pass_time(idx, num, variant, dtype, length, p)
+                    b = _pass_time(idx, den, variant, dtype, length, p)
+                    if a is not None and b is not None:
+                        points.append({"length": length, "ratio": a / b})
+                at = next((pt for pt in points if pt["length"] == TARGET_LENGTH),
+                          points[-1] if points else None)
+                met = None if at is None else (at["ratio"] <= limit if direction == "at most"
+                                               else at["ratio"] >= limit)
+                checks.append({"issue": issue, "target": what, "numerator": num, "denominator": den,
+                               "pass": p, "variant": variant, "dtype": dtype, "limit": limit,
+                               "direction": direction, "points": points,
+                               "judged_at": None if at is None else at["length"],
+                               "ratio": None if at is None else at["ratio"], "met": met})
+    parts = []
+    for _, what, *_ in ADAPTER_TARGETS:
+        cs = [c for c in checks if c["target"] == what]
+        measured = [c for c in cs if c["met"] is not None]
+        if not measured:
+            parts.append(f"{what}: not measured")
+            continue
+        missed = [c for c in measured if not c["met"]]
+        s = f"{what}: met for {len(measured) - len(missed)} of {len(measured)}"
+        if missed:
+            s += " (missed: " + ", ".join(
+                f"{c['variant']} {c['dtype']} {c['ratio']:.2f}x at l={c['judged_at']}" for c in missed) + ")"
+        parts.append(s)
+    where = "" if settings.device == "cuda" else " [a CPU run: the targets are stated for a GPU]"
+    return {"checks": checks, "verdict": "; ".join(parts) + where}

@@ -293,6 +293,13 @@ def adapter_impls(settings, skipped: list) -> list[Impl]:
             skipped.append({"what": f"adapter {name}", "why": f"claims none of {settings.dtypes}"})
             continue
         impls.append(_adapter_impl(adapter, name, probe, platform, dtypes))
+        if name == "jax":
+            # Issue 5's comparison: the same adapter forced onto the reference path (synth_ref.apply
+            # under jax.jit), what a JAX user gets without the rewrites and kernels.
+            from synth_ref.backends.jax import JaxAdapter
+
+            ref = JaxAdapter("jax-reference", path="reference")
+            impls.append(_adapter_impl(ref, "jax-reference", probe, platform, dtypes))
     return impls
 
 

@@ -198,6 +198,36 @@ def _claims(doc) -> list[str]:
     return out + [""]
 
 
+def _adapter_targets(doc) -> list[str]:
+    t = doc["claims"].get("adapter_targets")
+    if not t:
+        return []
+    out = [
+        "## Adapter speed targets (issues 5 and 6)",
+        "",
+        f"Verdict: **{t['verdict']}**.",
+        "",
+        "Whole layers through the adapters; ratio = first implementation's time / second's, judged at "
+        "l = 4096 where measured, else at the longest length both reached.",
+        "",
+        "| issue | target | variant | dtype | ratio per l | judged at | limit | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in t["checks"]:
+        if not c["points"]:
+            continue
+        pts = ", ".join(f"{pt['length']}: {pt['ratio']:.2f}" for pt in c["points"])
+        limit = f"{'≤' if c['direction'] == 'at most' else '≥'} {c['limit']:g}"
+        out.append(
+            f"| {c['issue']} | {c['numerator']} / {c['denominator']}, {c['pass'].replace('_', ' + ')} | "
+            f"{c['variant']} | {c['dtype']} | {pts} | {c['judged_at']} | {limit} | {_yes(c['met'])} |"
+        )
+    measured = {c["target"] for c in t["checks"] if c["points"]}
+    unmeasured = sorted({c["target"] for c in t["checks"]} - measured)
+    out += [""] + [f"- not measured: {what}" for what in unmeasured]
+    return out + [""]
+
+
 def render(doc) -> str:
     st = doc["settings"]
     lengths = list(st["lengths"])
@@ -224,6 +254,7 @@ def render(doc) -> str:
     if doc.get("cpu_row"):
         out += _cpu_row(doc)
     out += _claims(doc)
+    out += _adapter_targets(doc)
     out += [
         "## Fitted exponents (value ~ l^p over the measured lengths)",
         "",

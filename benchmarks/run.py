@@ -155,6 +155,7 @@ def _run_all(st, out_dir: Path, *, make_plots=True, log=print) -> dict:
             "claims": {
                 "random_vs_dynamic_conv": analysis.claim_random_vs_conv(claim_rows, cst.claim, random_impls),
                 "aft_memory": analysis.claim_aft_memory(rows, st, probe_rows),
+                "adapter_targets": analysis.adapter_targets(rows, st),
             },
         }
     )

@@ -111,7 +111,7 @@ def validate(doc: dict) -> list[str]:
     for key in ("matmul_flops_per_s", "copy_bytes_per_s"):
         if key not in doc["calibration"]:
             errs.append(f"calibration: missing {key!r}")
-    for key in ("random_vs_dynamic_conv", "aft_memory"):
+    for key in ("random_vs_dynamic_conv", "aft_memory", "adapter_targets"):
         if key not in doc["claims"] or "verdict" not in doc["claims"][key]:
             errs.append(f"claims: missing {key!r} or its verdict")
     return errs

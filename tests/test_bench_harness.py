@@ -147,6 +147,45 @@ def test_causal_convolution_ignores_the_future():
     assert not torch.allclose(y[:, 4:], y2[:, 4:])
 
 
+def test_adapter_targets_from_rows():
+    """Issues 5 and 6's targets: ratios per length, judged at l = 4096 (not at the longest length),
+    backward = forward + backward - forward, "at least" for the 3x speed-up over the reference, and
+    targets without rows reported as not measured."""
+    st = replace(settings.make("cuda", True), variants=("dense", "aft_simple"), dtypes=("bfloat16",),
+                 lengths=(1024, 4096, 8192))
+    times = {  # (impl, variant, length, pass) -> seconds
+        ("torch-cuda", "dense", 4096, "forward"): 1.0, ("torch-cuda", "dense", 4096, "forward_backward"): 3.0,
+        ("jax", "dense", 4096, "forward_backward"): 4.0,  # 1.33x torch: met
+        ("jax", "dense", 8192, "forward_backward"): 40.0,  # 8192 is measured but 4096 is judged
+        ("torch-cuda", "dense", 8192, "forward_backward"): 10.0,
+        ("jax-reference", "dense", 4096, "forward_backward"): 10.0,  # 2.5x: short of 3x
+        ("cupy", "dense", 4096, "forward"): 1.2, ("cupy", "dense", 4096, "forward_backward"): 6.2,  # bwd 5 / 2
+        ("torch-cuda", "aft_simple", 1024, "forward_backward"): 1.0,
+        ("jax", "aft_simple", 1024, "forward_backward"): 2.0,  # only l = 1024: judged there, missed
+    }
+    rows = [{"impl": i, "variant": v, "dtype": "bfloat16", "length": n, "pass": p, "status": "ok",
+             "time_s": t} for (i, v, n, p), t in times.items()]
+    out = analysis.adapter_targets(rows, st)
+    by = {(c["numerator"], c["pass"], c["variant"]): c for c in out["checks"]}
+    jt = by[("jax", "forward_backward", "dense")]
+    assert jt["judged_at"] == 4096 and jt["ratio"] == pytest.approx(4 / 3) and jt["met"] is True
+    assert [p["length"] for p in jt["points"]] == [4096, 8192]
+    js = by[("jax", "forward_backward", "aft_simple")]
+    assert js["judged_at"] == 1024 and js["met"] is False
+    ref = by[("jax-reference", "forward_backward", "dense")]
+    assert ref["ratio"] == pytest.approx(2.5) and ref["met"] is False
+    assert ("jax-reference", "forward_backward", "aft_simple") not in by  # dense, random, aft_full only
+    fwd = by[("cupy", "forward", "dense")]
+    assert fwd["ratio"] == pytest.approx(1.2) and fwd["met"] is True
+    bwd = by[("cupy", "backward", "dense")]
+    assert bwd["ratio"] == pytest.approx(2.5) and bwd["met"] is False
+    assert "met for 1 of 2 (missed: aft_simple bfloat16 2.00x at l=1024)" in out["verdict"]
+    assert "[a CPU run" not in out["verdict"]
+    cpu = analysis.adapter_targets([], replace(st, device="cpu"))
+    assert "jax within 1.5x of the torch adapter (forward + backward): not measured" in cpu["verdict"]
+    assert "[a CPU run" in cpu["verdict"]
+
+
 # --- a tiny run end to end ------------------------------------------------------------------------
 
 VARIANTS = ("dot_product", "aft_full")
@@ -188,7 +227,7 @@ def test_tiny_run_writes_valid_json_and_table(tiny_run):
     assert schema.validate(on_disk) == []
     md = (out / "cpu-smoke.md").read_text()
     assert "| variant | dtype | implementation | pass | l=16 | l=32 |" in md
-    assert "The two paper claims" in md and "CPU row" in md
+    assert "The two paper claims" in md and "CPU row" in md and "Adapter speed targets" in md
     # Device and library versions are recorded.
     assert on_disk["device"]["kind"] == "cpu" and on_disk["versions"]["numpy"] == np.__version__
     assert on_disk["versions"]["torch"] == torch.__version__
