@@ -160,6 +160,7 @@ def test_tolerance_table_reads_the_suite_constant():
 
 def test_generate_removes_stale_files(tmp_path, monkeypatch):
     monkeypatch.setenv(conformance_report.ENV, str(tmp_path / "no-report.json"))
+    monkeypatch.setenv(conformance_report.GPU_ENV, str(tmp_path / "no-gpu-results"))
     monkeypatch.setenv(benchmarks_page.ENV, str(tmp_path / "no-results"))
     stale = tmp_path / "out" / "variants" / "removed_variant.md"
     stale.parent.mkdir(parents=True)
@@ -171,8 +172,9 @@ def test_generate_removes_stale_files(tmp_path, monkeypatch):
     assert len(list((tmp_path / "out" / "img").glob("*.png"))) == len(sr.VARIANTS)
 
 
-def _report_file(tmp_path):
-    """A report written by the suite's own writer, from outcomes made by its own record type."""
+def _report_file(tmp_path, name="conformance-report.json", gpu=False):
+    """A report written by the suite's own writer, from outcomes made by its own record type (gpu:
+    as a committed GPU run, where cupy did run)."""
     R = pytest.importorskip("synth_ref.conformance.report", reason="no conformance suite (issue 3)")
     from synth_ref.conformance.check import Outcome
 
@@ -191,12 +193,16 @@ def _report_file(tmp_path):
                rec("random", "float32", "forward", "fail", 2.5)]
     entries = [R.backend_entry("fast", Stub(), True, "fast 1.0", records, "ci", 1.0),
                R.backend_entry("cupy", None, False, "no CUDA device here", [], "ci", 0.0)]
-    path, _ = R.write(tmp_path / "conformance-report.json", entries)
+    if gpu:
+        records = [{**r, "backend": "cupy"} for r in records]
+        entries = [R.backend_entry("cupy", Stub(), True, "cupy 14 on an H100", records, "ci", 2.0)]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path, _ = R.write(tmp_path / name, entries)
     return path
 
 
 def test_conformance_sections_read_the_suite_report(tmp_path):
-    report = conformance_report.load(_report_file(tmp_path))
+    report = conformance_report.load(_report_file(tmp_path), gpu_dir=tmp_path / "none")
     dense = "\n".join(conformance_report.variant_section("dense", report))
     assert "| `fast` | `float64` | pass 0.25 | pass 0.5 |" in dense
     assert "| `fast` | `float32` | not run | not run |" in dense
@@ -208,12 +214,35 @@ def test_conformance_sections_read_the_suite_report(tmp_path):
     assert md.code("random-case") in matrix  # the failure is listed
 
 
+def test_committed_gpu_runs_are_merged_in(tmp_path):
+    """A backend the local run could not run (cupy: no GPU here) is shown from the committed GPU
+    run, named as such; another committed file's entries keep its tag; a committed run alone (no
+    local report) is shown too."""
+    local = _report_file(tmp_path / "here")
+    gpu = tmp_path / "gpu"
+    _report_file(gpu, "conformance-cuda.json", gpu=True)
+    _report_file(gpu, "conformance-cuda-deep-bf16.json", gpu=True)
+    report = conformance_report.load(local, gpu_dir=gpu)
+    names = [e["name"] for e in report.backends]
+    assert names == ["fast", "cupy", "cupy (deep-bf16)"]
+    cupy = report.data["backends"]["cupy"]
+    assert cupy["available"] and cupy["source"] == "gpu/results/conformance-cuda.json"
+    matrix = "\n".join(conformance_report.matrix_section(report))
+    assert ("From `conformance-report.json` and `conformance-cuda.json` and "
+            "`conformance-cuda-deep-bf16.json`.") in matrix
+    assert md.text("committed run gpu/results/conformance-cuda.json") in matrix
+    assert "| `cupy` | `float32` | **fail** 2.5 (1/1) | not run |" in "\n".join(
+        conformance_report.variant_section("random", report))
+    alone = conformance_report.load(tmp_path / "none.json", gpu_dir=gpu)
+    assert alone.path is None and [e["name"] for e in alone.backends] == ["cupy", "cupy (deep-bf16)"]
+
+
 def test_conformance_report_absent_or_foreign(tmp_path):
-    assert conformance_report.load(tmp_path / "none.json") is None
+    assert conformance_report.load(tmp_path / "none.json", gpu_dir=tmp_path) is None
     assert conformance_report.NOT_RUN in "\n".join(conformance_report.variant_section("dense", None))
     (tmp_path / "old.json").write_text(json.dumps({"schema": 99, "backends": {}}))
     with pytest.raises(ValueError, match="schema 1"):
-        conformance_report.load(tmp_path / "old.json")
+        conformance_report.load(tmp_path / "old.json", gpu_dir=tmp_path / "none")
 
 
 def test_jax_paths_table_needs_no_jax():

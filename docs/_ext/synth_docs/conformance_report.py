@@ -1,4 +1,8 @@
-"""Reading ``conformance-report.json`` (written by ``synth_ref.conformance.report``) for the docs.
+"""Reading ``conformance-report.json`` (written by ``synth_ref.conformance.report``) for the docs,
+with the GPU runs committed under ``gpu/results/`` (``conformance-cuda*.json``, written by
+``gpu/unpack.py`` from a lent device's run) merged in: a backend the local report lacks, or could
+not run here (torch-cuda and cupy on a machine without a GPU), is shown from the committed run,
+which the tables name.
 
 Layout (schema 1): ``{"schema": 1, "rule": str, "gold_check": {case: rel. diff},
 "backends": {name: entry}}``; an entry has ``available``, ``reason``, ``dtypes``, ``vjp``,
@@ -22,6 +26,10 @@ from . import markdown as md
 ROOT = Path(__file__).resolve().parents[3]
 #: Where the suite writes its report; the environment variable lets tests point elsewhere.
 ENV = "SYNTH_REF_CONFORMANCE_REPORT"
+#: Where gpu/unpack.py commits the GPU runs' reports; the environment variable lets tests point elsewhere.
+GPU_ENV = "SYNTH_REF_GPU_RESULTS"
+#: The conformance stage's report; other conformance-cuda-*.json (the deep bf16 run) keep their tag.
+GPU_MAIN = "conformance-cuda"
 SCHEMA = 1
 KINDS = ("forward", "gradient")
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -31,22 +39,53 @@ def report_path() -> Path:
     return Path(os.environ.get(ENV) or ROOT / "conformance-report.json")
 
 
+def gpu_results_dir() -> Path:
+    return Path(os.environ.get(GPU_ENV) or ROOT / "gpu" / "results")
+
+
 @dataclass(frozen=True)
 class Report:
-    path: Path
+    path: Path | None  # the local report, None when only committed GPU runs were found
     data: dict
+    gpu_files: tuple[str, ...] = ()  # committed GPU reports whose entries are shown
 
     @property
     def backends(self) -> list[dict]:
         return list(self.data["backends"].values())
 
+    @property
+    def origin(self) -> str:
+        """Where the tables come from, as Markdown."""
+        names = ([md.code(self.path.name)] if self.path else []) + [md.code(f) for f in self.gpu_files]
+        return " and ".join(names)
 
-def load(path: Path | None = None) -> Report | None:
-    """The report, or None when there is none (the suite has not been run here).  A report in
-    another layout is an error: the docs must not show a matrix they misread."""
+
+def load(path: Path | None = None, gpu_dir: Path | None = None) -> Report | None:
+    """The report with the committed GPU runs merged in, or None when there is neither (the suite
+    has not been run here and no GPU run is committed).  A report in another layout is an error:
+    the docs must not show a matrix they misread."""
     path = report_path() if path is None else Path(path)
-    if not path.is_file():
+    gpu_dir = gpu_results_dir() if gpu_dir is None else Path(gpu_dir)
+    local = _read(path) if path.is_file() else None
+    data = local or {"schema": SCHEMA, "backends": {}}
+    shown = []
+    files = sorted(gpu_dir.glob(f"{GPU_MAIN}*.json"), key=lambda f: (f.stem != GPU_MAIN, f.name)) \
+        if gpu_dir.is_dir() else []  # the conformance stage's report first
+    for f in files:
+        tag = f.stem[len(GPU_MAIN):].lstrip("-")
+        for name, e in _read(f)["backends"].items():
+            key = f"{name} ({tag})" if tag else name
+            here = data["backends"].get(key)
+            if here is None or not here["available"]:  # a run here that could not run it loses
+                data["backends"][key] = {**e, "name": key, "source": f"gpu/results/{f.name}"}
+                if f.name not in shown:
+                    shown.append(f.name)
+    if local is None and not shown:
         return None
+    return Report(path=path if local is not None else None, data=data, gpu_files=tuple(shown))
+
+
+def _read(path: Path) -> dict:
     data = json.loads(path.read_text())
     if (not isinstance(data, dict) or data.get("schema") != SCHEMA
             or not isinstance(data.get("backends"), dict)):
@@ -56,7 +95,7 @@ def load(path: Path | None = None) -> Report | None:
         missing = [k for k in ("available", "reason", "dtypes", "vjp", "cells", "counts") if k not in e]
         if missing:
             raise ValueError(f"{path}: backends[{name!r}] lacks {', '.join(missing)}")
-    return Report(path=path, data=data)
+    return data
 
 
 def cell_text(entry: dict, variant: str, dtype: str, kind: str) -> str:
@@ -107,7 +146,7 @@ def variant_section(variant: str, report: Report | None) -> list[str]:
         for dt in e["dtypes"]:
             rows.append([md.code(e["name"]), md.code(dt),
                          *(cell_text(e, variant, dt, kind) for kind in KINDS)])
-    out.append(f"From {md.code(report.path.name)}: each backend in each dtype it claims, with the worst "
+    out.append(f"From {report.origin}: each backend in each dtype it claims, with the worst "
                "error ratio (error / tolerance; at most 1 passes).  See {doc}`/conformance` for the rule.\n")
     if rows:
         out.append(md.table(["backend", "dtype", "forward", "gradient"], rows))
@@ -120,13 +159,14 @@ def matrix_section(report: Report | None) -> list[str]:
     if report is None:
         return [NOT_RUN]
     backends = report.backends
-    out = [f"From {md.code(report.path.name)}.\n"]
+    out = [f"From {report.origin}.\n"]
     summary = []
     for e in backends:
         c = e["counts"]
         summary.append([md.code(e["name"]), overall(e), str(sum(c.values())),
                         *(str(c.get(k, 0)) for k in ("pass", "fail", "error", "skip")),
-                        md.text(e.get("profile", "")), md.text(e.get("run_at", "")), md.text(e["reason"])])
+                        md.text(e.get("profile", "")), md.text(e.get("run_at", "")),
+                        md.text(e["reason"] + (f"; committed run {e['source']}" if e.get("source") else ""))])
     out.append(md.table(["backend", "result", "checks", "pass", "fail", "error", "skip", "profile", "run at",
                          "note"], summary))
     if not backends:
