@@ -314,7 +314,14 @@ def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
         o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation="xla")
     o = jnp.transpose(o[..., :e], (0, 2, 1, 3))
     if mask is not None:
-        from .jax_xla_aft import rows_with_keys
-
         o = o * rows_with_keys(mask, causal)[:, None, :, None].astype(o.dtype)
     return o
+
+
+def rows_with_keys(key_padding_mask, causal):
+    """Which query rows have at least one allowed key, (B, l) booleans from the padding mask (B, l):
+    under a causal mask a row sees a key once one at or before it is allowed."""
+    kp = key_padding_mask
+    if causal:
+        return jnp.cumsum(kp, axis=1) > 0
+    return jnp.broadcast_to(jnp.any(kp, axis=1, keepdims=True), kp.shape)

@@ -39,6 +39,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from .jax_pallas import _heads, _merge, rows_with_keys
 from .jax_pallas_flash import accumulator
 
 #: Largest proven excess of the rank-one shift over the exact max, per accumulation dtype.
@@ -56,7 +57,7 @@ def mix(k, v, w, key_padding_mask=None, *, causal=False):
     dtype = v.dtype
     acc = accumulator(dtype)
     ops = jnp.bfloat16 if dtype == jnp.bfloat16 else acc
-    kg, vg = _grouped(k.astype(acc), G), _grouped(v.astype(acc), G)  # (B, G, l, c)
+    kg, vg = _heads(k.astype(acc), G), _heads(v.astype(acc), G)  # (B, G, l, c)
     w = w.astype(acc)
     keys = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
 
@@ -86,26 +87,7 @@ def mix(k, v, w, key_padding_mask=None, *, causal=False):
         return _exact(kg, vg_, w, key_padding_mask, causal)
 
     y = jax.lax.cond(proven, fast, exact, ew, ek, vg, den)
-    return _ungrouped(y).astype(dtype)
-
-
-def _grouped(t, G):
-    B, l, d = t.shape
-    return jnp.transpose(jnp.reshape(t, (B, l, G, d // G)), (0, 2, 1, 3))
-
-
-def _ungrouped(t):
-    B, G, l, c = t.shape
-    return jnp.reshape(jnp.transpose(t, (0, 2, 1, 3)), (B, l, G * c))
-
-
-def rows_with_keys(key_padding_mask, causal):
-    """Which query rows have at least one allowed key, (B, l) booleans from the padding mask (B, l):
-    under a causal mask a row sees a key once one at or before it is allowed."""
-    kp = key_padding_mask
-    if causal:
-        return jnp.cumsum(kp, axis=1) > 0
-    return jnp.broadcast_to(jnp.any(kp, axis=1, keepdims=True), kp.shape)
+    return _merge(y).astype(dtype)
 
 
 def _exact(kg, vg, w, key_padding_mask, causal):
