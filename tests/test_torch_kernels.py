@@ -335,6 +335,75 @@ def test_windowed_aft_keys_spread_over_80_float32(causal):
         assert err <= TOL["float32"], (name, err)
 
 
+def _anti_correlated(l, at, nw=None, lo=None):
+    """K and w' anti-correlated by 200 at key ``at``: K is +100 there and -100 elsewhere, w' is 200
+    lower there.  A row that sees that key has its exact max near -100 while its tile's rank-one
+    bound max w' + max K sits near +100: every GEMM term underflows (the check's job).  nw given: w'
+    as a band wb (G, l, nw) with offsets from lo, so only the rows whose band holds ``at``."""
+    g = torch.Generator().manual_seed(3)
+    k = torch.randn(B, l, 8, generator=g) - 100.0
+    k[:, at] += 200.0
+    v = torch.randn(B, l, 8, generator=g)
+    if nw is None:
+        w = torch.randn(1, l, l, generator=g)
+        w[0, :, at] -= 200.0
+    else:
+        w = torch.randn(1, l, nw, generator=g)
+        t = torch.arange(l)
+        j = at - t - lo  # band index of key `at` for row t
+        inside = (j >= 0) & (j < nw)
+        w[0, t[inside], j[inside]] -= 200.0
+    return k.to(DEVICE), v.to(DEVICE), w.to(DEVICE)
+
+
+def _mix_and_grads(fn, leaves, dy):
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    out = fn(*leaves)
+    return out, torch.autograd.grad(out, leaves, dy)
+
+
+@in_this_process
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_aft_tiles_whose_bound_overshoots_are_computed_exactly(causal, window, monkeypatch):
+    """w' and K anti-correlated by 200 (float32): the off-diagonal tiles' rank-one bound overshoots
+    the exact max by ~200, so every GEMM term of a (t, c) underflows.  The check sends those tiles to
+    the exact elementwise form, forward and backward (dK, dV, dw'), dense and windowed kernels;
+    with the check disabled (FLOOR 0) the same inputs give wrong numbers, which is what it is for.
+    Key 14 sits in key block 0 (blocks of 16), which rows 16 ... of block 1 see off the causal
+    diagonal (the diagonal tile is exact anyway)."""
+    from synth_ref.backends.torch_triton import _aft
+    from synth_ref.backends.torch_triton._aft import AftMix
+    from synth_ref.backends.torch_triton._aft_window import AftWindowMix
+
+    l = L_WIN if window else L
+    lo, nw = (-3, 4) if causal else (-3, 7)
+    k, v, w = _anti_correlated(l, 14, nw if window else None, lo)
+    mask = torch.ones(B, l, dtype=torch.bool, device=DEVICE)
+    mask[1, 5] = False
+
+    def kernel(kk, vv, ww):
+        if window:
+            return AftWindowMix.apply(kk, vv, ww, lo, causal, mask)
+        return AftMix.apply(kk, vv, ww, causal, mask)
+
+    def gold(kk, vv, ww):
+        return _aft_gold(kk, vv, _scatter_band(ww, lo, l) if window else ww, causal, mask)
+
+    dy = torch.randn(B, l, 8, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    want, want_grads = _mix_and_grads(gold, [t.double() for t in (k, v, w)], dy.double())
+
+    def errors():
+        out, grads = _mix_and_grads(kernel, [k, v, w], dy)
+        return [(a.double() - b).abs().max().item() for a, b in zip([out, *grads], [want, *want_grads],
+                                                                      strict=True)]
+
+    errs = errors()
+    assert max(errs) <= TOL["float32"], errs
+    monkeypatch.setitem(_aft.FLOOR, torch.float32, 0.0)  # the check never fails: GEMMs trusted
+    assert max(errors()) > 0.1
+
+
 @in_this_process
 def test_dispatch_says_which_path_ran():
     spec = SPECS["dense"]

@@ -34,8 +34,11 @@ def _cases(dtype):
     # the full flash case above, so one dtype suffices (each compile costs CI seconds).
     fdense = dict(flash, HAS_KB=False, HAS_FB=False, HAS_QK=False, FD_TILE=True)
     rand = dict(flags, BM=64, BN=64, BK=64)
-    aft = dict(flags, HAS_W=True, BT=_aft.BT, BN=_aft.BN)
-    win = dict(flags, BT=_aft.BT, BN=_aft.BN)
+    import torch
+
+    floor = _aft.FLOOR[torch.float32]
+    aft = dict(flags, HAS_W=True, BT=_aft.BT, BN=_aft.BN, FLOOR=floor)
+    win = dict(flags, BT=_aft.BT, BN=_aft.BN, FLOOR=floor)
     scan = dict(HAS_MASK=True, ACC=tl.float32, BT=_aft.BT, BN=_aft.BN)
     scans = {"pre_ptr", "suf_ptr"}
     nw = _common.NUM_WARPS
@@ -67,13 +70,16 @@ def _cases(dtype):
 
 def _signature(kernel, dtype, consts, fp32_ptrs):
     """Pointer types as the wrappers pass them: inputs and outputs in the layer's dtype; the row
-    statistics and the gradients the wrappers accumulate in float32; the mask as int8."""
+    statistics and the gradients the wrappers accumulate in float32; the mask as int8, the AFT flag
+    as int32."""
     sig = {}
     for name in kernel.arg_names:
         if name in consts:
             sig[name] = "constexpr"
         elif name == "m_ptr":
             sig[name] = "*i8"
+        elif name == "bad_ptr":  # the AFT forward's flag: some tile failed its check
+            sig[name] = "*i32"
         elif name in ("lse_ptr", "delta_ptr") or name in fp32_ptrs:
             sig[name] = "*fp32"
         elif name.endswith("_ptr"):

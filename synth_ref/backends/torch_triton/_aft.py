@@ -16,9 +16,16 @@ the bound, which is harmless while the bound is near the true maximum of K + w o
 Under a causal mask the tile on the diagonal is the one place where that fails: its key maximum may
 come from a key after the row (K spread over +-80 makes the visible terms underflow to 0/0), so the
 diagonal tile is computed exactly, elementwise in a (rows, keys, columns) block, with the true per-(t, c)
-maximum over visible keys.  Remaining limit (not handled): w and K anti-correlated by more than ~80
-inside one off-diagonal tile (a key with the tile's largest K and a w' ~80 below the row's largest)
-loses the tile's terms to underflow.
+maximum over visible keys.  Off the diagonal the bound can still overshoot the exact max: by up to
+min(range of w'[t, .], range of K[., c]) over the tile, and when w' and K are anti-correlated by more
+than ~87 (a key with the tile's largest K and a w' far below the row's largest) every term of a
+(t, c) underflows.  So each tile's GEMM denominator is checked: den >= exp(-bound + exact max)
+always, so den >= FLOOR (e^-40 in float32, e^-600 in float64) proves the overshoot under ~43 (or
+~603), where what underflows is below 1e-19 of den; a tile where some allowed (t, c) fails is
+recomputed exactly, elementwise like the diagonal (``_tile_sums``).  The forward raises a flag
+(``bad_ptr``, one int32) when any tile failed; the backward kernels read it once per program and,
+only then, repeat the check per tile (one more GEMM) and take the exact form where it fails, so
+ordinary inputs pay nothing in the backward.
 
 aft_local and 1-D aft_conv with a narrow band (``_aft_window.use_window``: at most half the keys)
 take ``_aft_window`` instead: the same tiles on the band, block summaries elsewhere, O(l (BT + NW) d)
@@ -38,6 +45,9 @@ import triton.language as tl
 from ._common import acc_dtype, mask_args, pairs_in_range
 
 NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
+#: A tile's GEMM denominator below this proves nothing about its bound (see the docstring): e^-40
+#: in float32 (underflow near e^-87), e^-600 in float64 (e^-708).
+FLOOR = {torch.float32: 4.248354255291589e-18, torch.float64: 2.6503965530043108e-261}
 
 
 @triton.jit
@@ -85,8 +95,10 @@ def _factors(w, wok, kv, kok):
     mk = tl.max(tl.where(kok, kv, NEG), 0)
     mw_s = tl.where(mw == NEG, 0.0, mw)
     mk_s = tl.where(mk == NEG, 0.0, mk)
-    ew = tl.where(wok, tl.exp(w - mw_s[:, None]), 0.0)
-    ek = tl.where(kok, tl.exp(kv - mk_s[None, :]), 0.0)
+    # masked before exp (exp(-inf) = 0): a masked entry's own value may sit far above the maximum
+    # (padding rows load 0 while allowed K are near -100), and exp of it would overflow to inf
+    ew = tl.exp(tl.where(wok, w - mw_s[:, None], NEG))
+    ek = tl.exp(tl.where(kok, kv - mk_s[None, :], NEG))
     some = (mw != NEG)[:, None] & (mk != NEG)[None, :]
     return ew, ek, tl.where(some, mw_s[:, None] + mk_s[None, :], NEG)
 
@@ -96,6 +108,36 @@ def _exact_z(w, wok, kv, kok):
     """The diagonal tile, elementwise: z = K + w (rows, keys, columns), -inf where not allowed."""
     ok = wok[:, :, None] & kok[None, :, :]
     return tl.where(ok, kv[None, :, :] + w[:, :, None], NEG)
+
+
+@triton.jit
+def _exact_sums(w, wok, kv, kok, vv):
+    """A tile's (bound, num, den) elementwise at the exact per-(t, c) max over its allowed keys."""
+    z = _exact_z(w, wok, kv, kok)
+    bm = tl.max(z, 1)
+    e3 = tl.exp(z - tl.where(bm == NEG, 0.0, bm)[:, None, :])
+    return bm, tl.sum(e3 * vv[None, :, :], 1), tl.sum(e3, 1)
+
+
+@triton.jit
+def _unsafe(bm, bden, FLOOR: tl.constexpr):
+    """1 if some (t, c) with allowed keys has a GEMM denominator under FLOOR (its rank-one bound not
+    proven close to the exact max), else 0: an int32 scalar."""
+    bad = tl.where((bm != NEG) & (bden < FLOOR), 1, 0)
+    return tl.max(tl.max(bad, 1), 0)
+
+
+@triton.jit
+def _tile_sums(w, wok, kv, kok, vv, ACC: tl.constexpr, FLOOR: tl.constexpr):
+    """An off-diagonal tile's (bound, num, den, failed): two GEMMs at the rank-one bound, or the
+    exact sums where the check fails (failed = 1)."""
+    ew, ek, bm = _factors(w, wok, kv, kok)
+    bden = tl.dot(ew, ek, out_dtype=ACC, input_precision="ieee")
+    bnum = tl.dot(ew, ek * vv, out_dtype=ACC, input_precision="ieee")
+    bad = _unsafe(bm, bden, FLOOR)
+    if bad != 0:
+        bm, bnum, bden = _exact_sums(w, wok, kv, kok, vv)
+    return bm, bnum, bden, bad
 
 
 @triton.jit
@@ -109,23 +151,41 @@ def _merge(m, num, den, bm, bnum, bden):
 
 
 @triton.jit
-def _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
-    """An off-diagonal (rows, keys) tile's share of dV and of sum_t P (dO O) for its keys, as two
-    GEMMs: P = ew ek scale with scale = exp(bound - lse) (lse = +inf on an empty row gives 0)."""
-    ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
-    lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-    scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
-    do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-    delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-    ewt = tl.trans(ew)
-    return (ek * tl.dot(ewt, scale * do, out_dtype=ACC, input_precision="ieee"),
-            ek * tl.dot(ewt, scale * delta, out_dtype=ACC, input_precision="ieee"))
+def _recheck(check, ew, ek, bm, ACC: tl.constexpr, FLOOR: tl.constexpr):
+    """In a backward kernel: 0 when the forward flagged no tile (``check`` = 0, nothing computed),
+    else the forward's check repeated on this tile (one GEMM)."""
+    bad = check * 0
+    if check != 0:
+        bad = _unsafe(bm, tl.dot(ew, ek, out_dtype=ACC, input_precision="ieee"), FLOOR)
+    return bad
 
 
 @triton.jit
-def _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
-    """The causal diagonal tile's share of dV and of sum_t P (dO O) for its keys, elementwise with
-    the exact z = K + w' (the tile whose key maximum may lie after the row; see the docstring)."""
+def _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, check,
+              ACC: tl.constexpr, FLOOR: tl.constexpr):
+    """An off-diagonal (rows, keys) tile's share of dV and of sum_t P (dO O) for its keys, as two
+    GEMMs: P = ew ek scale with scale = exp(bound - lse) (lse = +inf on an empty row gives 0); the
+    exact form where the forward's check failed on this tile."""
+    wok = wok & kp[None, :]
+    ew, ek, bm = _factors(w, wok, kv, kok)
+    if _recheck(check, ew, ek, bm, ACC, FLOOR) != 0:
+        ddv, dpd = _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+    else:
+        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
+        do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        ewt = tl.trans(ew)
+        ddv = ek * tl.dot(ewt, scale * do, out_dtype=ACC, input_precision="ieee")
+        dpd = ek * tl.dot(ewt, scale * delta, out_dtype=ACC, input_precision="ieee")
+    return ddv, dpd
+
+
+@triton.jit
+def _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
+    """A tile's share of dV and of sum_t P (dO O) for its keys, elementwise with the exact
+    z = K + w': the causal diagonal (whose key maximum may lie after the row) and tiles that failed
+    the check (see the docstring)."""
     z = _exact_z(w, wok, kv, kok)
     lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
     p3 = tl.exp(z - lse[:, None, :])
@@ -145,9 +205,9 @@ def _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d):
 
 @triton.jit
 def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-         o_ptr, lse_ptr, l, d, eg, N, NB,
+         o_ptr, lse_ptr, bad_ptr, l, d, eg, N, NB,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
-         BT: tl.constexpr, BN: tl.constexpr):
+         BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g, bidx = pid_gb // NB, pid_gb % NB
     BK: tl.constexpr = BT  # square tiles: the causal diagonal is exactly one tile
@@ -156,6 +216,7 @@ def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_
     m = tl.full([BT, BN], NEG, ACC)
     num = tl.zeros([BT, BN], ACC)
     den = tl.zeros([BT, BN], ACC)
+    failed = pid_t * 0  # tiles that failed the check (int32)
     hi = pid_t * BT if CAUSAL else l  # off-diagonal key blocks
     for start in range(0, hi, BK):
         keys = start + tl.arange(0, BK)
@@ -163,20 +224,18 @@ def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
-        bden = tl.dot(ew, ek, out_dtype=ACC, input_precision="ieee")
-        bnum = tl.dot(ew, ek * vv, out_dtype=ACC, input_precision="ieee")
+        bm, bnum, bden, bad = _tile_sums(w, wok & kp[None, :], kv, kok, vv, ACC, FLOOR)
+        failed += bad
         m, num, den = _merge(m, num, den, bm, bnum, bden)
+    tl.atomic_max(bad_ptr, failed)  # any failed tile: the backward repeats the check
     if CAUSAL:
         keys = pid_t * BT + tl.arange(0, BK)
         kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
-        z = _exact_z(w, wok, kv, kok)
-        bm = tl.max(z, 1)
-        e3 = tl.exp(z - tl.where(bm == NEG, 0.0, bm)[:, None, :])
-        m, num, den = _merge(m, num, den, bm, tl.sum(e3 * vv[None, :, :], 1), tl.sum(e3, 1))
+        bm, bnum, bden = _exact_sums(w, wok, kv, kok, vv)
+        m, num, den = _merge(m, num, den, bm, bnum, bden)
     has = den > 0
     out = num / tl.where(has, den, 1.0)  # nothing allowed: num = 0, so out = 0
     lse = tl.where(has, tl.where(has, m, 0.0) + tl.log(tl.where(has, den, 1.0)), float("inf"))
@@ -188,9 +247,9 @@ def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_
 
 @triton.jit
 def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-             do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, l, d, eg, N, NB,
+             do_ptr, lse_ptr, delta_ptr, bad_ptr, dk_ptr, dv_ptr, l, d, eg, N, NB,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
-             BT: tl.constexpr, BN: tl.constexpr):
+             BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g, bidx = pid_gb // NB, pid_gb % NB
     BK: tl.constexpr = BT
@@ -201,17 +260,19 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
     vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
     dv = tl.zeros([BK, BN], ACC)
     pd = tl.zeros([BK, BN], ACC)  # sum_t P[t, t'] delta[t]
+    check = tl.load(bad_ptr)
     lo = (pid_k + 1) * BK if CAUSAL else 0  # off-diagonal row blocks: after the keys when causal
     for start in range(lo, l, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d,
+                             check, ACC, FLOOR)
         dv += ddv
         pd += dpd
     if CAUSAL:
         rows = pid_k * BK + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
-        ddv, dpd = _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
         dv += ddv
         pd += dpd
     _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d)
@@ -219,9 +280,9 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
 
 @triton.jit
 def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-            do_ptr, lse_ptr, delta_ptr, dw_ptr, l, d, eg, N, NB,
+            do_ptr, lse_ptr, delta_ptr, bad_ptr, dw_ptr, l, d, eg, N, NB,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
-            BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr):
+            BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """DIAG=False: every (row, key) tile, off-diagonal math (causal: tiles on or above the diagonal
     are skipped, the diagonal by the DIAG=True launch, which computes it exactly)."""
     pid_t, pid_k, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -232,6 +293,7 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
     keys = pid_k * BK + tl.arange(0, BK)
     w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, DIAG, HAS_W, ACC)
     acc = tl.zeros([BT, BK], ACC)
+    check = tl.load(bad_ptr)
     n_batch = NB
     if CAUSAL and not DIAG:
         n_batch = tl.where(pid_k < pid_t, NB, 0)
@@ -239,7 +301,7 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
         kp, _ = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, keys < l, l, HAS_MASK)
         acc += _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
                            do_ptr, lse_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
-                           l, d, eg, N, HAS_MASK, ACC, BT, BN, DIAG)
+                           l, d, eg, N, check, HAS_MASK, ACC, BT, BN, DIAG, FLOOR)
     ok = (rows[:, None] < l) & (keys[None, :] < l)
     if CAUSAL and not DIAG:
         ok = ok & (keys[None, :] < pid_t * BT)  # below the diagonal only: the DIAG launch does it
@@ -248,11 +310,12 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
 
 @triton.jit
 def _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
-                do_ptr, lse_ptr, delta_ptr, w, wok, rows, keys, bidx, g, l, d, eg, N,
+                do_ptr, lse_ptr, delta_ptr, w, wok, rows, keys, bidx, g, l, d, eg, N, check,
                 HAS_MASK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
-                DIAG: tl.constexpr):
+                DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """One (row, key) tile of dw' summed over the columns of batch element bidx (of all batch
-    elements at once when there is no mask: then N spans them)."""
+    elements at once when there is no mask: then N spans them); exact on the causal diagonal (DIAG)
+    and on column blocks that fail the forward's check."""
     BK: tl.constexpr = BT
     acc = tl.zeros([BT, BK], ACC)
     for n0 in range(0, N, BN):
@@ -264,15 +327,24 @@ def _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s
         do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         if DIAG:
-            p3 = tl.exp(_exact_z(w, wok, kv, kok) - lse[:, None, :])
-            acc += tl.sum(p3 * (do[:, None, :] * vv[None, :, :] - delta[:, None, :]), 2)
+            acc += _exact_dw(w, wok, kv, kok, vv, lse, do, delta)
         else:
             ew, ek, bm = _factors(w, wok, kv, kok)
-            scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
-            t1 = tl.dot(scale * do, tl.trans(ek * vv), out_dtype=ACC, input_precision="ieee")
-            t2 = tl.dot(scale * delta, tl.trans(ek), out_dtype=ACC, input_precision="ieee")
-            acc += ew * (t1 - t2)
+            if _recheck(check, ew, ek, bm, ACC, FLOOR) != 0:
+                acc += _exact_dw(w, wok, kv, kok, vv, lse, do, delta)
+            else:
+                scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
+                t1 = tl.dot(scale * do, tl.trans(ek * vv), out_dtype=ACC, input_precision="ieee")
+                t2 = tl.dot(scale * delta, tl.trans(ek), out_dtype=ACC, input_precision="ieee")
+                acc += ew * (t1 - t2)
     return acc
+
+
+@triton.jit
+def _exact_dw(w, wok, kv, kok, vv, lse, do, delta):
+    """A tile's dw' over one column block, elementwise with the exact z = K + w'."""
+    p3 = tl.exp(_exact_z(w, wok, kv, kok) - lse[:, None, :])
+    return tl.sum(p3 * (do[:, None, :] * vv[None, :, :] - delta[:, None, :]), 2)
 
 
 #: Square tile side and column block.  The diagonal tile's elementwise block is BT * BT * BN.
@@ -295,23 +367,24 @@ class AftMix(torch.autograd.Function):
         m, smb, smk, has_mask = mask_args(mask, v)
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
-                    BT=BT, BN=BN)
+                    BT=BT, BN=BN, FLOOR=FLOOR[stat])
+        bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a tile failed its check
         _fwd[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
-            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, lse, l, d, eg, N, NB, **meta)
-        ctx.save_for_backward(k, v, w, m, out, lse)
+            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, lse, bad, l, d, eg, N, NB, **meta)
+        ctx.save_for_backward(k, v, w, m, out, lse, bad)
         ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        k, v, w, m, out, lse = ctx.saved_tensors
+        k, v, w, m, out, lse, bad = ctx.saved_tensors
         smb, smk, G, eg, N, NB = ctx.dims
         meta = ctx.meta
         B, l, d = k.shape
         dout = dout.contiguous()
         delta = (dout.to(lse.dtype) * out.to(lse.dtype)).contiguous()
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
-        common = (k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, dout, lse, delta)
+        common = (k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, dout, lse, delta, bad)
         dk = dv = dw = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)

@@ -41,17 +41,18 @@ from .. import _aft_band
 from ._aft import (
     BN,
     BT,
+    FLOOR,
     NEG,
     _cols,
-    _diag_dkv,
     _dw_columns,
-    _exact_z,
-    _factors,
+    _exact_dkv,
+    _exact_sums,
     _key_ok,
     _load_bc,
     _merge,
     _store_dkv,
     _tile_dkv,
+    _tile_sums,
 )
 from ._common import acc_dtype, mask_args, pairs_in_range
 
@@ -140,9 +141,9 @@ def _scan(s_ptr, s_sb, s_st, s_sc, a_ptr, s_ab, s_at, s_ac, c_ptr, s_cb, s_ct, s
 
 @triton.jit
 def _fwd_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_wt, s_wj, m_ptr, s_mb, s_mk,
-             pre_ptr, suf_ptr, o_ptr, lse_ptr, l, d, eg, N, NB, BD, lo, NW, NBLK,
+             pre_ptr, suf_ptr, o_ptr, lse_ptr, bad_ptr, l, d, eg, N, NB, BD, lo, NW, NBLK,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
-             BT: tl.constexpr, BN: tl.constexpr):
+             BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g, bidx = pid_gb // NB, pid_gb % NB
     BK: tl.constexpr = BT
@@ -162,26 +163,25 @@ def _fwd_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_w
         fm, f1, f2 = _far(suf_ptr, jhi + 1, n, col_ok, NBLK, BD)
         m, num, den = _merge(m, num, den, fm[None, :], f1[None, :], f2[None, :])
     hi = r0 if CAUSAL else (jhi + 1) * BK  # band blocks off the diagonal
+    failed = pid_t * 0
     for start in range(jlo * BK, hi, BK):
         keys = start + tl.arange(0, BK)
         kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, False, ACC)
-        ew, ek, bm = _factors(w, wok & kp[None, :], kv, kok)
-        bden = tl.dot(ew, ek, out_dtype=ACC, input_precision="ieee")
-        bnum = tl.dot(ew, ek * vv, out_dtype=ACC, input_precision="ieee")
+        bm, bnum, bden, bad = _tile_sums(w, wok & kp[None, :], kv, kok, vv, ACC, FLOOR)
+        failed += bad
         m, num, den = _merge(m, num, den, bm, bnum, bden)
+    tl.atomic_max(bad_ptr, failed)  # any failed tile: the backward repeats the check
     if CAUSAL:
         keys = r0 + tl.arange(0, BK)
         kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, True, ACC)
-        z = _exact_z(w, wok, kv, kok)
-        bm = tl.max(z, 1)
-        e3 = tl.exp(z - tl.where(bm == NEG, 0.0, bm)[:, None, :])
-        m, num, den = _merge(m, num, den, bm, tl.sum(e3 * vv[None, :, :], 1), tl.sum(e3, 1))
+        bm, bnum, bden = _exact_sums(w, wok, kv, kok, vv)
+        m, num, den = _merge(m, num, den, bm, bnum, bden)
     has = den > 0
     out = num / tl.where(has, den, 1.0)
     lse = tl.where(has, tl.where(has, m, 0.0) + tl.log(tl.where(has, den, 1.0)), float("inf"))
@@ -193,10 +193,10 @@ def _fwd_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_w
 
 @triton.jit
 def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_wt, s_wj,
-                 m_ptr, s_mb, s_mk, do_ptr, lse_ptr, delta_ptr, pre_ptr, suf_ptr, dk_ptr, dv_ptr,
+                 m_ptr, s_mb, s_mk, do_ptr, lse_ptr, delta_ptr, bad_ptr, pre_ptr, suf_ptr, dk_ptr, dv_ptr,
                  l, d, eg, N, NB, BD, lo, NW, NBLK,
                  CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
-                 BT: tl.constexpr, BN: tl.constexpr):
+                 BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     """Per key block: dV and dK from the band row blocks (the dense kernel's math) and from the
     row summaries of the far ones (pre/suf: the scan of -lse, dO and dO O)."""
     pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -220,17 +220,19 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
     ekf = tl.exp(tl.where(kok, kv + fm[None, :], NEG))
     dv = ekf * fa[None, :]
     pd = ekf * fc[None, :]  # sum_t P[t, t'] delta[t]
+    check = tl.load(bad_ptr)
     lo_rows = (pid_k + 1) * BT if CAUSAL else ilo * BT
     for start in range(lo_rows, (ihi + 1) * BT, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, False, ACC)
-        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d,
+                             check, ACC, FLOOR)
         dv += ddv
         pd += dpd
     if CAUSAL:
         rows = k0 + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, True, ACC)
-        ddv, dpd = _diag_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
         dv += ddv
         pd += dpd
     _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d)
@@ -238,9 +240,9 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
 
 @triton.jit
 def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_wt, s_wj,
-                m_ptr, s_mb, s_mk, do_ptr, lse_ptr, delta_ptr, dwb_ptr, l, d, eg, N, NB, lo, NW,
+                m_ptr, s_mb, s_mk, do_ptr, lse_ptr, delta_ptr, bad_ptr, dwb_ptr, l, d, eg, N, NB, lo, NW,
                 CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
-                BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr):
+                BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """dwb for the tile (row block pid_t, its band key block number pid_k), into the contiguous
     (G, l, NW) dwb.  DIAG=False: the off-diagonal math (causal: only blocks before the diagonal);
     DIAG=True (causal only): the diagonal tile, exactly."""
@@ -261,12 +263,13 @@ def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, 
     keys = j * BK + tl.arange(0, BK)
     w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, DIAG, ACC)
     acc = tl.zeros([BT, BK], ACC)
+    check = tl.load(bad_ptr)
     n_batch = tl.where(run, NB, 0)
     for bidx in range(0, n_batch):
         kp, _ = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, keys < l, l, HAS_MASK)
         acc += _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
                            do_ptr, lse_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
-                           l, d, eg, N, HAS_MASK, ACC, BT, BN, DIAG)
+                           l, d, eg, N, check, HAS_MASK, ACC, BT, BN, DIAG, FLOOR)
     jj = keys[None, :] - rows[:, None] - lo
     # A skipped tile stores nothing: its sequence length is taken as 0 (a block-shaped condition;
     # `& scalar` gives an int mask in the interpreter).
@@ -306,23 +309,25 @@ class AftWindowMix(torch.autograd.Function):
         lse = torch.empty(B, l, d, device=v.device, dtype=stat)
         m, smb, smk, has_mask = mask_args(mask, v)
         pre, suf = _scan_launch(k, 1, v, None, mask, nblk)
-        meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=BT, BN=BN)
+        meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=BT, BN=BN,
+                    FLOOR=FLOOR[stat])
+        bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a band tile failed its check
         _fwd_win[(nblk, triton.cdiv(N, BN), G * NB)](
-            k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, pre, suf, out, lse,
+            k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, pre, suf, out, lse, bad,
             l, d, eg, N, NB, B * d, lo, NW, nblk, **meta)
-        ctx.save_for_backward(k, v, wb, m, out, lse)
+        ctx.save_for_backward(k, v, wb, m, out, lse, bad)
         ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB, lo, NW, nblk)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        k, v, wb, m, out, lse = ctx.saved_tensors
+        k, v, wb, m, out, lse, bad = ctx.saved_tensors
         smb, smk, G, eg, N, NB, lo, NW, nblk = ctx.dims
         meta = ctx.meta
         B, l, d = k.shape
         dout = dout.contiguous()
         delta = (dout.to(lse.dtype) * out.to(lse.dtype)).contiguous()
-        common = (k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, dout, lse, delta)
+        common = (k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, dout, lse, delta, bad)
         dk = dv = dwb = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             # Row summaries: score -lse (an empty row's +inf adds nothing), values dO and dO O.
