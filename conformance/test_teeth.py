@@ -89,6 +89,10 @@ def test_grid_reaches_the_sizes_defects_need():
     assert has("aft_local", lambda c: c.spec.window < c.length)
     assert has("aft_local", lambda c: c.spec.window == 1)
     assert has("aft_local", lambda c: c.spec.window >= c.length > 1)
+    # the rank-one shift: w' set against K, causal and not, in every AFT variant with a free w'
+    for v in C.OPPOSED_VARIANTS:
+        assert has(v, lambda c: c.values == "opposed" and not c.causal and c.mask != "none")
+        assert has(v, lambda c: c.values == "opposed" and c.causal)
     # aft_conv per-head normalisation: several heads
     assert has("aft_conv", lambda c: c.spec.n_heads > 1 and c.length > 1)
     # empty rows: fully masked element, and causal rows before the only real key

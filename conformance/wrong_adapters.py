@@ -105,6 +105,10 @@ def aft_layer(spec, p, x, causal, mask, w, *, combine="add", stabilise=True, key
             m = np.zeros((), x.dtype)
         elif key_max == "global":  # one max over every key, visible or not
             m = np.max(z, axis=2, keepdims=True)
+        elif key_max == "rank_one":  # max of w' plus max of K, each over the allowed keys
+            mw = np.max(np.where(ok, np.broadcast_to(ww, z.shape), neg), axis=2, keepdims=True)
+            mk = np.max(np.where(ok, np.broadcast_to(kk, z.shape), neg), axis=2, keepdims=True)
+            m = np.where(np.isfinite(mw) & np.isfinite(mk), mw + mk, np.zeros((), x.dtype))
         else:
             m = np.max(zz, axis=2, keepdims=True)
             m = np.where(np.isfinite(m), m, np.zeros((), x.dtype))
@@ -223,6 +227,11 @@ def _aft_global_key_max(spec, p, x, causal, mask, bad):
     return aft_layer(spec, p, x, causal, mask, _pos(spec, p, x.shape[1]), key_max="global" if bad else "row")
 
 
+def _aft_rank_one_shift(spec, p, x, causal, mask, bad):
+    return aft_layer(spec, p, x, causal, mask, _pos(spec, p, x.shape[1]),
+                     key_max="rank_one" if bad else "row")
+
+
 def _aft_simple_no_sum(spec, p, x, causal, mask, bad):
     return aft_layer(spec, p, x, causal, mask, None, no_sum=bad)
 
@@ -303,6 +312,10 @@ DEFECTS = {
     "aft-global-key-max": (
         "takes the key max over all positions, future ones included (underflow under causal)",
         ("aft_full",), _aft_global_key_max, "labml annotated AFT"),
+    "aft-rank-one-shift": (
+        "shifts exp(K + w') by max w' + max K (the two-GEMM form's stabilizer) without checking that "
+        "the terms survive: all underflow when w' and K pull against each other",
+        ("aft_full",), _aft_rank_one_shift, "the two-GEMM form (benchmarks/torch_bench.py's naive row)"),
     "aft-simple-no-sum": (
         "never sums over positions",
         ("aft_simple",), _aft_simple_no_sum, "ComVEX"),

@@ -116,6 +116,7 @@ def _exact(kg, vg, w, key_padding_mask, causal):
         den = jnp.sum(e, axis=3)
         return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)  # (B, G, rows, c)
 
-    out = jax.lax.map(block, jnp.arange(n))  # (n, B, G, rows, c)
+    # one block (short inputs): no loop to compile
+    out = block(0)[None] if n == 1 else jax.lax.map(block, jnp.arange(n))  # (n, B, G, rows, c)
     out = jnp.reshape(jnp.transpose(out, (1, 2, 0, 3, 4)), (B, G, n * rows, c))
     return out[:, :, :l, :]

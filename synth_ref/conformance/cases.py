@@ -17,6 +17,12 @@ Value regimes:
     that skips the max-subtraction, or takes the max over keys it may not see, fails here.
 ``identical``
     Long runs of identical tokens (ties in every logit row).
+``opposed`` (aft_full and aft_local only: ``OPPOSED_VARIANTS``)
+    K and the position bias w' pulling against each other: every channel of K is the same scalar
+    s(t') spread over about +-100 (+-10 in float16), and w'[t, t'] = -s(t') for batch element 0, so
+    that K + w' is about 0 for every allowed key while max_t' w' + max_t' K is about 200.  A kernel
+    that shifts exp(w') exp(K) by the two separate maxima (the rank-one shift of the two-GEMM form)
+    underflows every term there unless it checks; the exact max sees nothing unusual.
 
 Mask regimes: ``none``; ``random`` (each key real with probability 0.7); ``all_masked`` (batch
 element 0 has no real key: every row of it is empty); ``all_but_one`` (element 0 has one real key,
@@ -36,7 +42,9 @@ import synth_ref as sr
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 MASKS = ("none", "random", "all_masked", "all_but_one", "left_pad", "drawn")
-VALUES = ("normal", "large", "identical")
+VALUES = ("normal", "large", "identical", "opposed")
+#: The variants whose position bias the ``opposed`` regime can set against K (a free w'[t, t']).
+OPPOSED_VARIANTS = ("aft_full", "aft_local")
 
 #: Target half-spread of the logits in the ``large`` regime, per dtype.
 LARGE_LOGITS = {"float64": 100.0, "float32": 100.0, "bfloat16": 100.0, "float16": 10.0}
@@ -188,6 +196,32 @@ def _calibrate_large(rng, spec, params, target: float, causal: bool) -> dict:
     return out
 
 
+def _opposed(spec, params, x, spread: float) -> dict:
+    """The ``opposed`` regime's parameters (see the module docstring): w_k with every column one
+    direction u (b_k = 0), scaled so that s = x[0] u spreads over +-spread, and w' = -s(t') on
+    every row, as pos_bias or as the rank-one U V^T of pos_u, pos_v.  Deterministic given x."""
+    if spec.variant not in OPPOSED_VARIANTS or x.ndim != 3:
+        raise ValueError(f"values 'opposed': defined for 1-D {' and '.join(OPPOSED_VARIANTS)}; "
+                         f"got {spec.variant} with x of shape {x.shape}")
+    u = params["w_k"][:, 0]
+    s = x[0] @ u
+    c = spread / max(float(np.max(np.abs(s))), 1e-12)
+    u, s = u * c, s * c
+    out = dict(params)
+    out["w_k"] = np.repeat(u[:, None], spec.d_model, axis=1)
+    out["b_k"] = np.zeros(spec.d_model)
+    target = np.zeros(spec.max_len)
+    target[: s.shape[0]] = -s
+    if spec.pos_rank is None:
+        out["pos_bias"] = np.repeat(target[None, :], spec.max_len, axis=0)
+    else:
+        out["pos_u"] = np.zeros((spec.max_len, spec.pos_rank))
+        out["pos_u"][:, 0] = 1.0
+        out["pos_v"] = np.zeros((spec.max_len, spec.pos_rank))
+        out["pos_v"][:, 0] = target
+    return out
+
+
 def _mask(rng, case: Case, B: int, l: int):
     kind = case.mask
     if kind == "none":
@@ -234,6 +268,8 @@ def make_inputs(case: Case, dtype: str) -> Inputs:
     x = _x(rng, case, B, l, d)
     mask = _mask(rng, case, B, l)
     dy = rng.standard_normal(x.shape)
+    if case.values == "opposed":  # after every draw: the other regimes' inputs stay as they were
+        params = _opposed(spec, params, x, LARGE_LOGITS[dtype])
     return Inputs(
         case=case,
         dtype=dtype,
@@ -337,6 +373,13 @@ _KERNEL_PRIMARY = [
 _KERNEL_SECONDARY = [
     ("L", True, "random", "normal", HI, F64),
 ]
+# The opposed regime (OPPOSED_VARIANTS' primary configuration; every one in the deep profile),
+# appended after the rest of the grid so that the other cases keep their seeds: causal and not, with
+# key padding, float64 and float32.
+_OPPOSED = [
+    ("L", False, "random", "opposed", HI, HI),
+    ("L", True, "none", "opposed", HI, F64),
+]
 _GRIDS_2D = [
     ((3, 4), "normal", ALL, HI),
     ((3, 4), "large", ALL, F64),
@@ -403,6 +446,14 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
                             grad_dtypes=ALL if deep else grad,
                         )
                     )
+    for variant in OPPOSED_VARIANTS:
+        if variants is not None and variant not in variants:
+            continue
+        for opts in CONFIGS[variant] if deep else CONFIGS[variant][:1]:
+            for tag, causal, mask, values, fwd, grad in _OPPOSED:
+                cases.append(Case(_spec(variant, opts), 2, (_length(tag),), causal, mask, values,
+                                  seed=len(cases), dtypes=ALL if deep else fwd,
+                                  grad_dtypes=ALL if deep else grad))
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids), "duplicate case ids"
     return cases
@@ -459,7 +510,8 @@ def drawn_case(draw, variants=None) -> Case:
     if not two_d and draw(st.booleans()):
         mask = "drawn"
         bits = tuple(draw(st.lists(st.booleans(), min_size=B * l, max_size=B * l)))
-    values = draw(st.sampled_from(VALUES))
+    values = draw(st.sampled_from(VALUES if variant in OPPOSED_VARIANTS and not two_d
+                                  else tuple(v for v in VALUES if v != "opposed")))
     seed = draw(st.integers(0, 2**31 - 1))
     return Case(spec, B, shape, causal, mask, values, seed=seed, mask_bits=bits)
 
