@@ -198,18 +198,19 @@ def _calibrate_large(rng, spec, params, target: float, causal: bool) -> dict:
 
 def _opposed(spec, params, x, spread: float) -> dict:
     """The ``opposed`` regime's parameters (see the module docstring): w_k with every column one
-    direction u (b_k = 0), scaled so that s = x[0] u spreads over +-spread, and w' = -s(t') on
-    every row, as pos_bias or as the rank-one U V^T of pos_u, pos_v.  Deterministic given x."""
+    direction u and b_k one shift, so that s = x[0] u + b spans [-spread, spread], and w' = -s(t')
+    on every row, as pos_bias or as the rank-one U V^T of pos_u, pos_v.  Deterministic given x."""
     if spec.variant not in OPPOSED_VARIANTS or x.ndim != 3:
         raise ValueError(f"values 'opposed': defined for 1-D {' and '.join(OPPOSED_VARIANTS)}; "
                          f"got {spec.variant} with x of shape {x.shape}")
     u = params["w_k"][:, 0]
     s = x[0] @ u
-    c = spread / max(float(np.max(np.abs(s))), 1e-12)
-    u, s = u * c, s * c
+    mid = (float(np.max(s)) + float(np.min(s))) / 2
+    c = spread / max(float(np.max(s)) - mid, 1e-12)
+    u, s = u * c, (s - mid) * c  # centred: s spans exactly [-spread, spread]
     out = dict(params)
     out["w_k"] = np.repeat(u[:, None], spec.d_model, axis=1)
-    out["b_k"] = np.zeros(spec.d_model)
+    out["b_k"] = np.full(spec.d_model, -mid * c)
     target = np.zeros(spec.max_len)
     target[: s.shape[0]] = -s
     if spec.pos_rank is None:
@@ -405,7 +406,9 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
     every dtype on full-length rows, gradient checks in float64 everywhere and in lower precision
     on some full-length rows.  ``kernels``: the same configurations under fewer conditions (see
     ``_KERNEL_PRIMARY``), for the interpreter backends.  ``deep``: every condition for every
-    configuration, every dtype, forward and gradient, batch 2 and 3."""
+    configuration, every dtype, forward and gradient, batch 2 and 3.  ``variants`` keeps those
+    variants' cases of the whole grid, seeds unchanged (a case reproduces with or without the
+    filter)."""
     if profile not in PROFILES:
         raise ValueError(f"profile: expected one of {PROFILES}; got {profile!r}")
     deep = profile == "deep"
@@ -413,8 +416,6 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
     primary, secondary = (_KERNEL_PRIMARY, _KERNEL_SECONDARY) if kernels else (_PRIMARY, _SECONDARY)
     cases = []
     for variant, configs in CONFIGS.items():
-        if variants is not None and variant not in variants:
-            continue
         for i, opts in enumerate(configs):
             spec = _spec(variant, opts)
             if opts.get("spatial_dims") == 2:
@@ -447,8 +448,6 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
                         )
                     )
     for variant in OPPOSED_VARIANTS:
-        if variants is not None and variant not in variants:
-            continue
         for opts in CONFIGS[variant] if deep else CONFIGS[variant][:1]:
             for tag, causal, mask, values, fwd, grad in _OPPOSED:
                 cases.append(Case(_spec(variant, opts), 2, (_length(tag),), causal, mask, values,
@@ -456,7 +455,7 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
                                   grad_dtypes=ALL if deep else grad))
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids), "duplicate case ids"
-    return cases
+    return cases if variants is None else [c for c in cases if c.variant in variants]
 
 
 # ---------------------------------------------------------------------------------------------
