@@ -41,6 +41,12 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+
+class NotMeasured(Exception):
+    """An implementation declines a point, saying why (recorded as "not measured: why", and the
+    series stops there)."""
+
+
 _LIBC = None
 
 

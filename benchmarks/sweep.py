@@ -191,6 +191,8 @@ def _note(prepared) -> str:
 
 
 def _failure(exc: BaseException) -> str:
+    if isinstance(exc, measure.NotMeasured):
+        return f"not measured: {exc}"
     if _is_oom(exc):
         return "out of memory"
     return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -126,18 +126,25 @@ def _prepare(spec, p, x, xp, causal, key_padding_mask):
     return grid, q, k, v, w, allowed
 
 
+def row_bounds(B, l, d, per_row=True):
+    """The query-row blocks [(start, stop)] the weighted average is computed in: (B, rows, l, d)
+    elements each at most ``BLOCK_ELEMENTS``; one block (0, 1) when every row has the same allowed
+    keys and no bias (``per_row`` False: aft_simple without a causal mask), whose mix broadcasts.
+    Under jax.jit the blocks unroll, so their number is also what compiling this costs."""
+    if not per_row:
+        return [(0, 1)]
+    rows = max(1, BLOCK_ELEMENTS // (B * l * d))
+    return [(start, min(l, start + rows)) for start in range(0, l, rows)]
+
+
 def _mix(xp, k, v, w, allowed):
     """sum_t' exp(K + w') V / sum_t' exp(K + w') for every query row: (B, l or 1, d)."""
     B, l, d = k.shape
     G = 1 if w is None else w.shape[0]
     kg, vg = _grouped(xp, k, G), _grouped(xp, v, G)
-    if w is None and (allowed is None or allowed.shape[1] == 1):
-        # No bias and no causal mask: every query row has the same allowed keys, hence the same
-        # stabilizer and the same mix.  Compute it once (O(l d)); it broadcasts over rows.
-        bounds = [(0, 1)]
-    else:
-        rows = max(1, BLOCK_ELEMENTS // (B * l * d))
-        bounds = [(start, min(l, start + rows)) for start in range(0, l, rows)]
+    # No bias and no causal mask: every query row has the same allowed keys, hence the same
+    # stabilizer and the same mix; computed once (O(l d)), it broadcasts over rows.
+    bounds = row_bounds(B, l, d, per_row=not (w is None and (allowed is None or allowed.shape[1] == 1)))
     blocks = []
     for start, stop in bounds:
         e, den = _row_terms(xp, kg, w, allowed, start, stop)

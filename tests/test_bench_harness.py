@@ -187,6 +187,27 @@ def test_adapter_targets_from_rows():
     assert "[a CPU run" in cpu["verdict"]
 
 
+def test_jax_reference_declines_an_unrolled_aft_and_the_sweep_says_so():
+    """jax-reference refuses AFT points whose reference row blocks (unrolled by jax.jit) exceed the
+    limit -- B=4, d=512: l=1024 has 128 blocks, l=2048 has 512 -- and the sweep records the reason
+    as "not measured", stopping the series there."""
+    from benchmarks import impls
+
+    st = settings.make("cpu", True, batch=4, d_model=512, lengths=(1024, 2048), variants=("aft_full",))
+    assert impls._unrolled_reference(sweep.make_point(st, "aft_full", "float32", 1024)) is None
+    why = impls._unrolled_reference(sweep.make_point(st, "aft_full", "float32", 2048))
+    assert why and "512 AFT row blocks" in why
+    assert impls._unrolled_reference(sweep.make_point(st, "dense", "float32", 2048)) is None
+
+    def build(pt):
+        raise impls.measure.NotMeasured(impls._unrolled_reference(pt) or "x")
+
+    fake = impls.Impl("declines", "adapter", build, lambda v: v == "aft_full", ("float32",))
+    rows, stops = sweep.run(replace(st, lengths=(2048,)), [fake], {}, log=lambda *a: None)
+    assert {r["status"] for r in rows} == {"not measured: " + why}
+    assert all(s["why"].startswith("not measured: ") for s in stops)
+
+
 # --- a tiny run end to end ------------------------------------------------------------------------
 
 VARIANTS = ("dot_product", "aft_full")
