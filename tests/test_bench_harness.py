@@ -208,6 +208,20 @@ def test_jax_reference_declines_an_unrolled_aft_and_the_sweep_says_so():
     assert all(s["why"].startswith("not measured: ") for s in stops)
 
 
+def test_jax_reference_on_a_gpu_covers_the_target_variants_only(monkeypatch):
+    """On a GPU jax-reference runs only the variants issue 5's 3x target names (dense, random,
+    aft_full), to keep gpu/run.py's bench stage in its minutes; on CPU every variant.  (The jax
+    adapter's arrays are taken for a GPU's here: this machine has none.)"""
+    pytest.importorskip("jax", reason="the jax extra is not installed")
+    from benchmarks import impls
+
+    for device, want in (("cuda", set(analysis.REFERENCE_SPEEDUP_VARIANTS)), ("cpu", set(sr.VARIANTS))):
+        monkeypatch.setattr(impls, "_array_platform", lambda a, device=device: device)
+        st = replace(settings.make(device, True), backends=("jax",), dtypes=("float32",))
+        got = {i.name: {v for v in sr.VARIANTS if i.covers(v)} for i in impls.adapter_impls(st, [])}
+        assert got["jax"] == set(sr.VARIANTS) and got["jax-reference"] == want, device
+
+
 # --- a tiny run end to end ------------------------------------------------------------------------
 
 VARIANTS = ("dot_product", "aft_full")
