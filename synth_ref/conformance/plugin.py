@@ -21,6 +21,10 @@ from . import gold as G
 from . import report as R
 
 _KEY = "synth_ref_conformance"
+#: Seconds between the snapshots a running suite writes to its report.  A run stopped from outside
+#: (a time limit's SIGTERM or SIGKILL, as on a lent GPU) never reaches pytest_sessionfinish; the last
+#: snapshot keeps what it checked, marked incomplete.  Writing costs milliseconds.
+SNAPSHOT_EVERY = 15.0
 
 
 @dataclass
@@ -129,6 +133,8 @@ class Session:
         self.frameworks = G.configure_frameworks()
         self.ran_suite = False
         self.written = None
+        self.planned = None  # checks collected (the controller's count under xdist)
+        self.last_snapshot = time.monotonic()
 
     def pytest_generate_tests(self, metafunc):
         names = metafunc.fixturenames
@@ -164,6 +170,14 @@ class Session:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
 
+    def pytest_collection_finish(self, session):
+        if not hasattr(self.config, "workerinput"):  # one process: it collected everything
+            self.planned = len(session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        self.planned = len(ids)  # every worker collects the whole (deselected) list
+
     def pytest_runtest_logreport(self, report):
         # on the controller this also sees xdist workers' reports
         if report.when != "call":
@@ -176,22 +190,37 @@ class Session:
                 self.gold_check[value[0]] = value[1]
             elif key == "conformance_teeth":
                 self.teeth.append(value)
+        if (self.report and self.ran_suite and not hasattr(self.config, "workerinput")
+                and time.monotonic() - self.last_snapshot >= SNAPSHOT_EVERY):
+            self.snapshot("stopped before its end: a time limit or a crash")
 
-    def entries(self) -> list[dict]:
+    def snapshot(self, why: str) -> None:
+        """Write what has been checked so far, marked incomplete (see SNAPSHOT_EVERY)."""
+        self.written = R.write(self.report, self.entries(why), self.gold_check)
+        self.last_snapshot = time.monotonic()
+
+    def entries(self, incomplete: str | None = None) -> list[dict]:
+        """One report entry per target; ``incomplete``: why the run has not reached its end."""
         out = []
         seconds = time.time() - self.started
         for t in self.targets:
             name = t.adapter.name if t.adapter is not None else t.label
             recs = [r for r in self.records if r["backend"] == name]
+            partial = None
+            if incomplete and t.ok:
+                partial = {"recorded": len(recs), "planned": self.planned, "why": incomplete}
             if not t.ok or recs:
-                out.append(R.backend_entry(name, t.adapter, t.ok, t.reason, recs, self.profile, seconds))
+                out.append(R.backend_entry(name, t.adapter, t.ok, t.reason, recs, self.profile, seconds,
+                                           partial))
         return out
 
     def pytest_sessionfinish(self, session, exitstatus):
         if hasattr(self.config, "workerinput"):  # an xdist worker: the controller writes
             return
         if self.report and (self.ran_suite or any(not t.ok for t in self.targets)):
-            self.written = R.write(self.report, self.entries(), self.gold_check)
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop
+            why = f"interrupted: {session.shouldstop or 'Ctrl-C or SIGINT'}" if interrupted else None
+            self.written = R.write(self.report, self.entries(why), self.gold_check)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if hasattr(config, "workerinput"):

@@ -44,8 +44,13 @@ def _cell(records: list[dict]) -> dict:
     }
 
 
-def backend_entry(name, adapter, available, reason, records, profile, seconds) -> dict:
-    """One backend's results, aggregated into (variant, dtype, kind) cells."""
+def backend_entry(name, adapter, available, reason, records, profile, seconds, partial=None) -> dict:
+    """One backend's results, aggregated into (variant, dtype, kind) cells.
+
+    ``partial``: None for a run that reached its end; else ``{"recorded": checks of this backend,
+    "planned": tests the run collected (all its backends) or None, "why": text}`` for the snapshot
+    a run writes while it goes (a run killed at a time limit leaves that snapshot, so what it
+    checked is kept and marked as incomplete)."""
     dtypes = list(getattr(adapter, "dtypes", ())) if adapter is not None else []
     vjp = adapter is not None and callable(getattr(adapter, "vjp", None))
     cells: dict = {}
@@ -70,6 +75,7 @@ def backend_entry(name, adapter, available, reason, records, profile, seconds) -
         "cells": cells,
         "failures": bad[:200],
         "failures_total": len(bad),
+        "partial": partial,
     }
 
 
@@ -127,13 +133,32 @@ def _cell_text(entry: dict, variant: str, dtype: str, kind: str) -> str:
     return f"pass{_fmt_ratio(c['worst_ratio'])}"
 
 
-def _overall(entry: dict) -> str:
+def verdict(entry: dict) -> str:
+    """A backend's overall result: ``skipped``, ``fail`` (any check failed, even in an incomplete
+    run), ``partial`` (the run stopped before its end: what ran passed, the rest is unknown),
+    ``pass`` or ``nothing run``.  The report, the summary and the docs all read it from here."""
     if not entry["available"]:
         return "skipped"
     c = entry["counts"]
-    if c["fail"] or c["error"]:
-        return "FAIL"
-    return "pass" if c["pass"] else "nothing run"
+    if c.get("fail") or c.get("error"):
+        return "fail"
+    if entry.get("partial"):
+        return "partial"
+    return "pass" if c.get("pass") else "nothing run"
+
+
+def partial_note(entry: dict) -> str:
+    """'' for a complete run, else what an incomplete one covered and why it stopped."""
+    p = entry.get("partial")
+    if not p:
+        return ""
+    of = f" (the run collected {p['planned']} tests)" if p.get("planned") else ""
+    return f"incomplete: {p['recorded']} checks recorded{of}; {p['why']}"
+
+
+def _overall(entry: dict) -> str:
+    v = verdict(entry)
+    return v.upper() if v in ("fail", "partial") else v
 
 
 def markdown(data: dict) -> str:
@@ -149,7 +174,7 @@ def markdown(data: dict) -> str:
     for e in backends:
         c = e["counts"]
         total = sum(c.values())
-        note = e["reason"].replace("|", "/")
+        note = "; ".join(t for t in (e["reason"], partial_note(e)) if t).replace("|", "/")
         out.append(
             f"| {e['name']} | {_overall(e)} | {total} | {c['pass']} | {c['fail']} | {c['error']} | "
             f"{c['skip']} | {e['profile']} | {e['run_at']} | {e['seconds']} | {note} |"
@@ -220,6 +245,8 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
             f"{c['error']} errors, {c['skip']} skipped in {e['seconds']} s [{e['profile']}; "
             f"{', '.join(e['dtypes'])}{'; vjp' if e['vjp'] else '; forward only'}]{w}"
         )
+        if partial_note(e):
+            lines.append(f"  {'':<22} {partial_note(e)}")
     if allb:
         width = max(len(e["name"]) for e in allb)
         width = max(width, 12)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import synth_ref as sr
+from synth_ref.conformance.report import partial_note, verdict
 
 from . import markdown as md
 
@@ -118,12 +119,8 @@ def cell_text(entry: dict, variant: str, dtype: str, kind: str) -> str:
 
 
 def overall(entry: dict) -> str:
-    if not entry["available"]:
-        return "skipped"
-    c = entry["counts"]
-    if c.get("fail") or c.get("error"):
-        return "**fail**"
-    return "pass" if c.get("pass") else "nothing run"
+    v = verdict(entry)
+    return f"**{v}**" if v in ("fail", "partial") else v
 
 
 NOT_RUN = ("Not run: no `conformance-report.json` was found when these pages were built.  Run "
@@ -163,10 +160,11 @@ def matrix_section(report: Report | None) -> list[str]:
     summary = []
     for e in backends:
         c = e["counts"]
+        source = f"committed run {e['source']}" if e.get("source") else ""
+        note = "; ".join(t for t in (e["reason"], partial_note(e), source) if t)
         summary.append([md.code(e["name"]), overall(e), str(sum(c.values())),
                         *(str(c.get(k, 0)) for k in ("pass", "fail", "error", "skip")),
-                        md.text(e.get("profile", "")), md.text(e.get("run_at", "")),
-                        md.text(e["reason"] + (f"; committed run {e['source']}" if e.get("source") else ""))])
+                        md.text(e.get("profile", "")), md.text(e.get("run_at", "")), md.text(note)])
     out.append(md.table(["backend", "result", "checks", "pass", "fail", "error", "skip", "profile", "run at",
                          "note"], summary))
     if not backends:

@@ -1,0 +1,71 @@
+"""The report of a run that does not reach its end: periodic snapshots, marked incomplete.
+
+A suite run stopped from outside (a time limit's SIGKILL on a lent GPU) never reaches
+pytest_sessionfinish; the plugin's snapshots keep what it checked, and every reader of the report
+(summary, Markdown matrix, docs) says it is incomplete instead of calling it a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from synth_ref.conformance import report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A pytest plugin that snapshots after every check and dies like a SIGKILL after the third: no
+# sessionfinish, no terminal summary.  trylast: the conformance plugin has recorded the check first.
+KILLER = """
+import os
+import pytest
+from synth_ref.conformance import plugin
+
+seen = []
+
+def pytest_configure(config):
+    plugin.SNAPSHOT_EVERY = 0.0
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        seen.append(report.nodeid)
+        if len(seen) == 3:
+            os._exit(9)
+"""
+
+
+def test_a_run_killed_midway_leaves_an_incomplete_report(tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    report = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "synth_ref.conformance", "--backend", "numpy",
+                          "--report", str(report), "--variant", "aft_simple", "--", "-p", "killer",
+                          "-k", "test_forward"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 9, run.stdout[-2000:] + run.stderr[-2000:]
+    entry = json.loads(report.read_text())["backends"]["numpy"]
+    assert entry["counts"]["pass"] == 3
+    assert entry["partial"]["recorded"] == 3 and entry["partial"]["planned"] > 3
+    assert R.verdict(entry) == "partial"
+    assert "| numpy | PARTIAL | 3 |" in report.with_suffix(".md").read_text()
+
+
+def test_a_complete_run_is_not_marked_and_a_failure_outranks_incomplete():
+    rec = {"backend": "b", "variant": "dense", "dtype": "float32", "kind": "forward", "status": "pass",
+           "ratio": 0.1, "case": "c", "detail": ""}
+    done = R.backend_entry("b", None, True, "", [rec], "ci", 1.0)
+    assert done["partial"] is None and R.verdict(done) == "pass" and R.partial_note(done) == ""
+    cut = R.backend_entry("b", None, True, "", [rec], "ci", 1.0,
+                          {"recorded": 1, "planned": 10, "why": "stopped"})
+    assert R.verdict(cut) == "partial"
+    assert R.partial_note(cut) == "incomplete: 1 checks recorded (the run collected 10 tests); stopped"
+    assert "INCOMPLETE" not in R.summary({"backends": {"b": done}}) and "PARTIAL" in R.summary(
+        {"backends": {"b": cut}})
+    bad = R.backend_entry("b", None, True, "", [rec, {**rec, "status": "fail", "ratio": 3.0}], "ci", 1.0,
+                          {"recorded": 2, "planned": 10, "why": "stopped"})
+    assert R.verdict(bad) == "fail"
