@@ -4,6 +4,8 @@ kernels (synth_ref.backends.torch_triton) next to what a user writes today (the 
 
     python benchmarks/torch_bench.py                   # a GPU: bf16, the anchors' three shapes
     python benchmarks/torch_bench.py --long            # also l = 65536 at B = 1 (kernels only)
+    python benchmarks/torch_bench.py --shapes 4x8x4096x64  # only these shapes (B x h x l x e): here
+                                                       # the issue-4 target, as gpu/run.py essential
     python benchmarks/torch_bench.py --quick           # CPU, tiny shapes, kernels in Triton's
                                                        # interpreter: exercises the script only
 
@@ -418,14 +420,49 @@ def table(result) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def parse_shape(text):
+    """``'4x8x4096x64'`` -> ``(4, 8, 4096, 64)``: B, h, l, e."""
+    try:
+        shape = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected B x h x l x e, four positive integers joined by 'x' such as 4x8x4096x64; got {text!r}"
+        )
+    return shape
+
+
+def parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CPU, tiny shapes, kernels under TRITON_INTERPRET=1")
-    ap.add_argument("--long", action="store_true", help="also l = 65536 at B = 1 (kernels only)")
+    ap.add_argument("--long", action="store_true",
+                    help="also l = 65536 at B = 1 (kernels only; not with --quick)")
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=None,
+        metavar="BxHxLxE",
+        help="measure only these shapes instead of the defaults (the GPU's three, or --quick's tiny one); "
+        f"the targets are checked only where {'x'.join(map(str, TARGET_SHAPE))} is among them",
+    )
     ap.add_argument("--out", default="torch-bench.json")
+    return ap
+
+
+def shapes_for(args):
+    """The shapes a run measures: ``--shapes`` if given, else ``--quick``'s or the GPU's; ``--long`` (on
+    a GPU) appends l = 65536."""
+    base = args.shapes or (QUICK_SHAPES if args.quick else GPU_SHAPES)
+    return list(base) + (LONG_SHAPES if args.long and not args.quick else [])
+
+
+def main(argv=None):
+    ap = parser()
     args = ap.parse_args(argv)
     if args.quick:
-        dev, dtype, shapes = torch.device("cpu"), torch.float32, QUICK_SHAPES
+        dev, dtype = torch.device("cpu"), torch.float32
         if os.environ.get("TRITON_INTERPRET") != "1":
             ap.error(
                 "--quick needs TRITON_INTERPRET=1 before triton is imported (run this file as a "
@@ -435,8 +472,7 @@ def main(argv=None):
         if not torch.cuda.is_available():
             ap.error("no CUDA device: pass --quick to exercise the script on CPU")
         dev, dtype = torch.device("cuda"), torch.bfloat16
-        shapes = GPU_SHAPES + (LONG_SHAPES if args.long else [])
-    return run(shapes, dtype, dev, args.quick, args.out)
+    return run(shapes_for(args), dtype, dev, args.quick, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """One stage of the GPU checks on a lent device machine, each sub-step under its own time limit,
 every result bundled into $OUT (gpu/README.md says how to call it and what comes back).
 
+    python3 gpu/run.py essential      # one call for a 15-minute lease: the three GPU suites, the
+                                      # issue-4 target shape, the harness on dense, random, aft_full
     python3 gpu/run.py conformance    # the suite on torch-cuda, cupy, jax (GPU) + the GPU tests
     python3 gpu/run.py bench          # benchmarks/torch_bench.py + python -m benchmarks --device cuda --quick
     python3 gpu/run.py long           # deep conformance (torch-cuda, bfloat16) + l = 65536 kernels
@@ -42,9 +44,17 @@ WORKERS = "4"
 GPU_RUNS = [("conf-torch-cuda", ["--backend", "torch-cuda"], "4"),
             ("conf-cupy", ["--backend", "cupy"], "2"),
             ("conf-jax-gpu", ["--adapter", "gpu.adapters:jax_gpu"], "8")]
-#: Seconds for the whole stage, bundling included: three run calls plus the machine's start fit in a
-#: session's 30 minutes of device time (gpu/README.md).
-BUDGET = {"conformance": 540.0, "bench": 540.0, "long": 300.0}
+#: Seconds for the whole stage, bundling included.  A drawn session has 15 minutes of device time in
+#: all: the machine's start (1-2 min) + ``essential`` (9 min) + transfers leave about 3 minutes, so
+#: ``essential`` is the one call to make; the other stages are for what is left (gpu/README.md).
+BUDGET = {"essential": 540.0, "conformance": 540.0, "bench": 540.0, "long": 300.0}
+STAGES = tuple(BUDGET)
+#: Issue 4's target shape, B x h x l x e, as benchmarks/torch_bench.py's --shapes spells it (this
+#: file imports nothing of the project; tests/test_torch_bench.py checks that the two agree).
+TARGET_SHAPE = "4x8x4096x64"
+#: The harness's variants in ``essential``: those every adapter target of issues 5 and 6 names
+#: (benchmarks/analysis.py, ADAPTER_TARGETS with REFERENCE_SPEEDUP_VARIANTS), to fit its minutes.
+ESSENTIAL_VARIANTS = ["dense", "random", "aft_full"]
 
 
 @dataclass
@@ -95,17 +105,61 @@ def pallas_decision(probe_file: Path, report: str, local: bool):
     return [PY, "-m", "synth_ref.conformance", "--backend", name, "--report", report, "--unavailable", why]
 
 
+XLA_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _suite_runs(local: bool):
+    """The three concurrent suite runs: the GPU backends, or (--local) CPU stand-ins, a few cases each."""
+    if local:
+        return ([("conf-torch", ["--backend", "torch"], "2"), ("conf-numpy", ["--backend", "numpy"], "2"),
+                 ("conf-jax", ["--backend", "jax"], "2")], ["-k", "aft_simple and float32 and s1"])
+    return GPU_RUNS, []
+
+
+def _merge_step(conf: Path, runs, extra_reports, local: bool, group: int, last: bool) -> Step:
+    require = [] if local else ["--require", "torch-cuda", "cupy", "jax-gpu"]
+    return Step("merge-reports", [PY, "gpu/unpack.py", "merge", str(conf / "merged.json"),
+                                  *[str(conf / f"{n}.json") for n, _, _ in runs], *extra_reports, *require],
+                30, group=group, last=last)
+
+
+def _bench_argvs(local: bool, work: Path, essential: bool):
+    """torch_bench and the harness: on a GPU the anchors' shapes and every variant, or (essential)
+    the target shape alone and ESSENTIAL_VARIANTS; --local, the scripts' CPU modes."""
+    if local:
+        tb = [PY, "benchmarks/torch_bench.py", "--quick", "--out", str(work / "torch_bench.json")]
+        harness = [PY, "-m", "benchmarks", "--quick", "--variants", "dense", "--max-length", "512",
+                   "--backends", "numpy", "torch", "--out", str(work / "results")]
+        return tb, harness
+    tb = [PY, "benchmarks/torch_bench.py", *(["--shapes", TARGET_SHAPE] if essential else []),
+          "--out", str(work / "torch_bench.json")]
+    harness = [PY, "-m", "benchmarks", "--device", "cuda", "--quick",
+               *(["--variants", *ESSENTIAL_VARIANTS] if essential else []), "--out", str(work / "results")]
+    return tb, harness
+
+
 def plan(stage: str, local: bool, work: Path) -> list[Step]:
     conf = work / "conformance"
     steps = prelude(local, work)
-    if stage == "conformance":
-        xla_env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        if local:  # the same three concurrent runs, on CPU backends, a few cases each
-            runs = [("conf-torch", ["--backend", "torch"], "2"), ("conf-numpy", ["--backend", "numpy"], "2"),
-                    ("conf-jax", ["--backend", "jax"], "2")]
-            extra = ["-k", "aft_simple and float32 and s1"]
-        else:
-            runs, extra = GPU_RUNS, []
+    if stage == "essential":
+        # Correctness first: the three suites at once (each writes its report as it goes, so one cut
+        # at its limit still brings back what it checked, marked partial), beside them the Pallas
+        # probe; the merge right after, so that the report exists whatever the timings do after it.
+        runs, extra = _suite_runs(local)
+        for name, target, workers in runs:
+            steps.append(Step(name, _conformance(target, str(conf / f"{name}.json"), workers=workers,
+                                                 pytest_args=extra), 220, group=1, env=XLA_ENV))
+        probe = work / "pallas-probe.json"
+        steps.append(Step("pallas-probe", [PY, "gpu/pallas_probe.py", "--path", "pallas"], 90, group=1,
+                          info=True, stdout_to=str(probe.relative_to(work))))
+        steps.append(_merge_step(conf, runs, [], local, group=2, last=False))
+        # then the timings, one after the other (they must not share the GPU or the cores)
+        tb, harness = _bench_argvs(local, work, essential=True)
+        steps.append(Step("torch-bench", tb, 90, group=3))
+        steps.append(Step("bench-harness", harness, 140, group=4, last=True))
+    elif stage == "conformance":
+        xla_env = XLA_ENV
+        runs, extra = _suite_runs(local)
         for name, target, workers in runs:
             steps.append(Step(name, _conformance(target, str(conf / f"{name}.json"), workers=workers,
                                                  pytest_args=extra), 330, group=1, env=xla_env))
@@ -132,18 +186,9 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
             steps.append(Step(name, _pytest(files, str(work / f"{name}.junit.xml"),
                                             workers="2" if local else WORKERS, extra=extra),
                               200, group=2, env=xla_env))
-        require = [] if local else ["--require", "torch-cuda", "cupy", "jax-gpu"]
-        steps.append(Step("merge-reports", [PY, "gpu/unpack.py", "merge", str(conf / "merged.json"),
-                                            *[str(conf / f"{n}.json") for n, _, _ in runs], report, *require],
-                          30, group=3, last=True))
+        steps.append(_merge_step(conf, runs, [report], local, group=3, last=True))
     elif stage == "bench":
-        if local:
-            tb = [PY, "benchmarks/torch_bench.py", "--quick", "--out", str(work / "torch_bench.json")]
-            harness = [PY, "-m", "benchmarks", "--quick", "--variants", "dense", "--max-length", "512",
-                       "--backends", "numpy", "torch", "--out", str(work / "results")]
-        else:
-            tb = [PY, "benchmarks/torch_bench.py", "--out", str(work / "torch_bench.json")]
-            harness = [PY, "-m", "benchmarks", "--device", "cuda", "--quick", "--out", str(work / "results")]
+        tb, harness = _bench_argvs(local, work, essential=False)
         # one after the other: timings must not share the GPU or the cores
         steps.append(Step("torch-bench", tb, 240, group=1))
         steps.append(Step("bench-harness", harness, 270, group=2))
@@ -161,7 +206,7 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
         lb = [PY, "gpu/long_bench.py", "--out", str(work / "long_bench.json"), *quick]
         steps.append(Step("long-bench", lb, 120, group=2))
     else:
-        raise SystemExit(f"stage: expected conformance, bench or long; got {stage!r}")
+        raise SystemExit(f"stage: expected one of {', '.join(STAGES)}; got {stage!r}")
     return steps
 
 
@@ -422,7 +467,7 @@ def bundle(runner: Runner) -> tuple[Path, Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", choices=("conformance", "bench", "long"))
+    ap.add_argument("stage", choices=STAGES)
     ap.add_argument("--local", action="store_true",
                     help="CPU stand-ins for the GPU parts (proves the wiring)")
     ap.add_argument("--dry-run", action="store_true", help="print the steps as JSON and run nothing")

@@ -7,6 +7,9 @@ Where each result goes (paths from the repository root; ``unpack`` prints every 
 
 - conformance bundle, conformance/merged.json (torch-cuda, cupy, jax-gpu, jax-pallas-gpu)
   -> gpu/results/conformance-cuda.json + .md
+- essential bundle: conformance/merged.json (torch-cuda, cupy, jax-gpu) -> the same
+  gpu/results/conformance-cuda.json + .md; results/ -> benchmarks/results/ as the bench bundle's;
+  torch_bench.json (the target shape alone) -> benchmarks/results/torch_bench/cuda-target.json + .md
 - long bundle, conformance/deep-torch-cuda-bf16.json -> gpu/results/conformance-cuda-deep-bf16.json + .md
 - bench bundle, results/cuda-quick.json, .md, -*.png (python -m benchmarks) -> benchmarks/results/
   (the docs' benchmarks page reads the *.json there)
@@ -119,18 +122,19 @@ def unpack(bundle: Path, repo: Path, allow_local: bool, merge_into) -> list[Path
         res, tb = repo / "gpu" / "results", repo / "benchmarks" / "results" / "torch_bench"
         _copy(top / "summary.txt", res / f"{stage}-summary.txt", written)
         _copy(top / "steps.json", res / f"{stage}-steps.json", written)
-        if stage == "conformance":
+        if stage in ("conformance", "essential"):
             _report(top / "conformance" / "merged.json", res / "conformance-cuda.json", written)
         elif stage == "long":
             _report(top / "conformance" / "deep-torch-cuda-bf16.json", res / DEEP, written)
             _torch_bench(top / "long_bench.json", tb / "cuda-long.json", written)
-        elif stage == "bench":
-            _torch_bench(top / "torch_bench.json", tb / "cuda.json", written)
+        if stage in ("bench", "essential"):
+            name = "cuda.json" if stage == "bench" else "cuda-target.json"
+            _torch_bench(top / "torch_bench.json", tb / name, written)
             for f in sorted((top / "results").glob("*")) if (top / "results").is_dir() else []:
                 _copy(f, repo / "benchmarks" / "results" / f.name, written)
         # Only the ci-profile run: the deep bf16 run's entry has the same name (torch-cuda) and would
         # replace the whole-suite entry with a one-dtype one.
-        if merge_into and stage == "conformance" and (res / "conformance-cuda.json").is_file():
+        if merge_into and stage in ("conformance", "essential") and (res / "conformance-cuda.json").is_file():
             merge(merge_into, [merge_into, res / "conformance-cuda.json"])
     for p in written:
         print(f"  wrote {p.relative_to(repo) if p.is_relative_to(repo) else p}")

@@ -1,8 +1,8 @@
 """gpu/run.py, the script a GPU-lent session runs (gpu/README.md), without a GPU: the steps each stage
 plans, the Pallas go/no-go, time limits and critical failures, the bundle, and unpacking it.
 
-A session holds the device machine for 30 minutes at most; these checks make sure what it runs
-there is the intended plan and always comes back as one bundle and one summary.
+A drawn session has 15 minutes of device time in all; these checks make sure what it runs there is
+the intended plan, fits that time, and always comes back as one bundle and one summary.
 """
 
 from __future__ import annotations
@@ -76,8 +76,65 @@ def test_gpu_bench_and_long_plans(tmp_path):
     assert "--quick" not in long["long-bench"]
 
 
+def test_essential_plan_fits_one_call_of_a_15_minute_lease(tmp_path):
+    """The one call a drawn session makes: the three GPU suites at once with the probe, the merge next
+    (so the report exists whatever the timings do), then the target shape, then the harness on the
+    variants the adapter targets name; every step's limit added up along the groups stays within the
+    stage's budget, and that budget plus a machine's start stays within the call's 600 s limit and
+    well within the 15 minutes."""
+    steps = run.plan("essential", False, tmp_path)
+    argv = _argvs(steps)
+    groups = {s.name: s.group for s in steps}
+    suites = ("conf-torch-cuda", "conf-cupy", "conf-jax-gpu")
+    assert {groups[n] for n in (*suites, "pallas-probe")} == {1}
+    assert groups["pallas-probe"] < groups["merge-reports"] < groups["torch-bench"] < groups["bench-harness"]
+    assert "conf-jax-pallas" not in argv and not any(n.startswith("tests-") for n in argv)
+    assert argv["conf-cupy"][3:5] == ["--backend", "cupy"]
+    assert argv["conf-jax-gpu"][3:5] == ["--adapter", "gpu.adapters:jax_gpu"]
+    merged = argv["merge-reports"]
+    assert [a for a in merged if a.endswith(".json")][1:] == [
+        str(tmp_path / "conformance" / f"{n}.json") for n in suites]
+    assert merged[merged.index("--require") + 1:] == ["torch-cuda", "cupy", "jax-gpu"]
+    tb = argv["torch-bench"]
+    assert tb[tb.index("--shapes") + 1] == run.TARGET_SHAPE == "4x8x4096x64" and "--quick" not in tb
+    h = argv["bench-harness"]
+    assert h[h.index("--device") + 1] == "cuda" and "--quick" in h
+    assert h[h.index("--variants") + 1:h.index("--out")] == ["dense", "random", "aft_full"]
+    # the worst case: every group runs to its slowest step's limit (prelude included)
+    # after the prelude (its limits are generous; it takes about 60 s: pip from wheels, imports)
+    worst = sum(max(s.timeout for s in steps if s.group == g) for g in set(groups.values()) if g >= 0)
+    assert worst + 60 <= run.BUDGET["essential"] <= 600 - 45  # 45 s: the call's own margin
+    assert run.BUDGET["essential"] + 120 + 60 <= 15 * 60 - 120  # start, transfers; 2 min to spare
+
+
+def test_essential_bundle_unpacks_to_the_committed_files(tmp_path):
+    """An essential bundle lands where the conformance and bench bundles' files do, torch_bench's
+    one-shape table under its own name (the bench stage's three-shape cuda.json is not replaced)."""
+    from synth_ref.conformance import report as R
+
+    top = tmp_path / "b" / "gpu-essential"
+    (top / "conformance").mkdir(parents=True)
+    (top / "results").mkdir()
+    R.write(top / "conformance" / "merged.json",
+            [R.backend_entry("torch-cuda", None, False, "stand-in", [], "ci", 0.0)])
+    (top / "results" / "cuda-quick.json").write_text("{}")
+    (top / "torch_bench.json").write_text(json.dumps({"rows": [], "targets": []}))
+    (top / "summary.txt").write_text("s")
+    (top / "steps.json").write_text(json.dumps({"stage": "essential", "local": False, "steps": []}))
+    tar = tmp_path / "essential-bundle.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        tf.add(top, arcname=top.name)
+    repo = tmp_path / "repo"
+    written = {str(p.relative_to(repo)) for p in unpack.unpack(tar, repo, allow_local=False, merge_into=None)}
+    assert {"gpu/results/conformance-cuda.json", "gpu/results/conformance-cuda.md",
+            "gpu/results/essential-summary.txt", "gpu/results/essential-steps.json",
+            "benchmarks/results/cuda-quick.json",
+            "benchmarks/results/torch_bench/cuda-target.json"} <= written
+    assert "benchmarks/results/torch_bench/cuda.json" not in written
+
+
 def test_local_plans_touch_no_gpu_backend(tmp_path):
-    for stage in ("conformance", "bench", "long"):
+    for stage in run.STAGES:
         text = json.dumps([s.argv for s in run.plan(stage, True, tmp_path) if isinstance(s.argv, list)])
         for gpu_only in ('"--backend", "torch-cuda"', '"--backend", "cupy"', "jax_gpu", '"--device", "cuda"'):
             assert gpu_only not in text, (stage, gpu_only)
