@@ -138,6 +138,18 @@ def _bench_argvs(local: bool, work: Path, essential: bool):
     return tb, harness
 
 
+def _suites_and_probe(local: bool, work: Path, limit: float, probe_limit: float):
+    """Group 1 of the conformance stages: the three suite runs at once and, beside them in one more
+    process, whether the Pallas kernels lower here at all.  Returns (steps, runs, probe file)."""
+    conf, probe = work / "conformance", work / "pallas-probe.json"
+    runs, extra = _suite_runs(local)
+    steps = [Step(name, _conformance(target, str(conf / f"{name}.json"), workers=workers, pytest_args=extra),
+                  limit, group=1, env=XLA_ENV) for name, target, workers in runs]
+    steps.append(Step("pallas-probe", [PY, "gpu/pallas_probe.py", "--path", "pallas"], probe_limit, group=1,
+                      info=True, stdout_to=str(probe.relative_to(work))))
+    return steps, runs, probe
+
+
 def plan(stage: str, local: bool, work: Path) -> list[Step]:
     conf = work / "conformance"
     steps = prelude(local, work)
@@ -145,13 +157,8 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
         # Correctness first: the three suites at once (each writes its report as it goes, so one cut
         # at its limit still brings back what it checked, marked partial), beside them the Pallas
         # probe; the merge right after, so that the report exists whatever the timings do after it.
-        runs, extra = _suite_runs(local)
-        for name, target, workers in runs:
-            steps.append(Step(name, _conformance(target, str(conf / f"{name}.json"), workers=workers,
-                                                 pytest_args=extra), 220, group=1, env=XLA_ENV))
-        probe = work / "pallas-probe.json"
-        steps.append(Step("pallas-probe", [PY, "gpu/pallas_probe.py", "--path", "pallas"], 90, group=1,
-                          info=True, stdout_to=str(probe.relative_to(work))))
+        group1, runs, _ = _suites_and_probe(local, work, 220, 90)
+        steps += group1
         steps.append(_merge_step(conf, runs, [], local, group=2, last=False))
         # then the timings, one after the other (they must not share the GPU or the cores)
         tb, harness = _bench_argvs(local, work, essential=True)
@@ -159,14 +166,8 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
         steps.append(Step("bench-harness", harness, 140, group=4, last=True))
     elif stage == "conformance":
         xla_env = XLA_ENV
-        runs, extra = _suite_runs(local)
-        for name, target, workers in runs:
-            steps.append(Step(name, _conformance(target, str(conf / f"{name}.json"), workers=workers,
-                                                 pytest_args=extra), 330, group=1, env=xla_env))
-        # beside them, one process: whether the Pallas kernels lower here at all
-        probe = work / "pallas-probe.json"
-        steps.append(Step("pallas-probe", [PY, "gpu/pallas_probe.py", "--path", "pallas"], 150, group=1,
-                          info=True, stdout_to=str(probe.relative_to(work))))
+        group1, runs, probe = _suites_and_probe(local, work, 330, 150)
+        steps += group1
         report = str(conf / "conf-jax-pallas.json")
         steps.append(Step("conf-jax-pallas", lambda ctx: pallas_decision(probe, report, local), 200,
                           group=2, env=xla_env))
