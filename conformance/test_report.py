@@ -64,7 +64,7 @@ def test_a_complete_run_is_not_marked_and_a_failure_outranks_incomplete():
                           {"recorded": 1, "planned": 10, "why": "stopped"})
     assert R.verdict(cut) == "partial"
     assert R.partial_note(cut) == "incomplete: 1 checks recorded (the run collected 10 tests); stopped"
-    assert "INCOMPLETE" not in R.summary({"backends": {"b": done}}) and "PARTIAL" in R.summary(
+    assert "incomplete" not in R.summary({"backends": {"b": done}}) and "PARTIAL" in R.summary(
         {"backends": {"b": cut}})
     bad = R.backend_entry("b", None, True, "", [rec, {**rec, "status": "fail", "ratio": 3.0}], "ci", 1.0,
                           {"recorded": 2, "planned": 10, "why": "stopped"})

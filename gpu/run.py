@@ -165,12 +165,11 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
         steps.append(Step("torch-bench", tb, 90, group=3))
         steps.append(Step("bench-harness", harness, 140, group=4, last=True))
     elif stage == "conformance":
-        xla_env = XLA_ENV
         group1, runs, probe = _suites_and_probe(local, work, 330, 150)
         steps += group1
         report = str(conf / "conf-jax-pallas.json")
         steps.append(Step("conf-jax-pallas", lambda ctx: pallas_decision(probe, report, local), 200,
-                          group=2, env=xla_env))
+                          group=2, env=XLA_ENV))
         if local:
             tests = [("tests-cupy-torch", ["tests/test_cupy_gpu.py", "tests/test_torch_nn.py"],
                       ["-k", "not compile and dense"]),
@@ -186,7 +185,7 @@ def plan(stage: str, local: bool, work: Path) -> list[Step]:
         for name, files, extra in tests:
             steps.append(Step(name, _pytest(files, str(work / f"{name}.junit.xml"),
                                             workers="2" if local else WORKERS, extra=extra),
-                              200, group=2, env=xla_env))
+                              200, group=2, env=XLA_ENV))
         steps.append(_merge_step(conf, runs, [report], local, group=3, last=True))
     elif stage == "bench":
         tb, harness = _bench_argvs(local, work, essential=False)

@@ -245,8 +245,9 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
             f"{c['error']} errors, {c['skip']} skipped in {e['seconds']} s [{e['profile']}; "
             f"{', '.join(e['dtypes'])}{'; vjp' if e['vjp'] else '; forward only'}]{w}"
         )
-        if partial_note(e):
-            lines.append(f"  {'':<22} {partial_note(e)}")
+        note = partial_note(e)
+        if note:
+            lines.append(f"  {'':<22} {note}")
     if allb:
         width = max(len(e["name"]) for e in allb)
         width = max(width, 12)
