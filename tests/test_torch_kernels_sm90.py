@@ -47,6 +47,7 @@ def _cases(dtype):
         (_random._bwd_dv, rand, set(), nw),
         (_random._bwd_dr, rand, set(), nw),
         (_flash._fwd, flash, set(), nw),
+        (_flash._bwd_delta, flash, set(), nw),  # float32 and float64 only (EXACT_DELTA)
         (_flash._bwd_dkv, flash, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
         (_flash._bwd_dq, flash, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw),
         (_flash._bwd_dfb, flash, {"dfb_ptr"}, nw),
