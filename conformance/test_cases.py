@@ -120,6 +120,20 @@ def test_variant_filter_keeps_seeds():
     assert all(full[c.id] == c.seed for c in part)
 
 
+@pytest.mark.parametrize("profile", ["ci", "kernels"])
+def test_saturated_cases_are_the_deep_profiles_own(profile):
+    """The saturated-softmax regression cases of the ci and kernels profiles are cases of the deep
+    grid, id for id (so the same inputs: make_inputs seeds from the id), checked in float32; a change
+    to the deep grid that moved them would fail here rather than quietly check other inputs."""
+    deep = {c.id: c for c in C.grid("deep")}
+    tail = C.grid(profile)[-len(C._SATURATED):]
+    assert [c.seed for c in tail] == [row[-1] for row in C._SATURATED]
+    for c in tail:
+        assert c.id in deep and deep[c.id].seed == c.seed, c.id
+        assert (c.causal, c.values, c.grad_dtypes) == (True, "large", ("float32",))
+        assert np.array_equal(C.make_inputs(c, "float32").x, C.make_inputs(deep[c.id], "float32").x)
+
+
 def test_grid_covers_every_option_and_size():
     g = C.grid("ci")
     assert {c.variant for c in g} == set(sr.VARIANTS)

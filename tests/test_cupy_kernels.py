@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from cupy_cases import CASES, CAUSAL_ONLY, GRID, RTOL64, assert_close, check, ids
 
+from synth_ref.backends import cupy_impl
 from synth_ref.backends import cupy_kernels as ck
 from synth_ref.backends.cupy_impl.ops import XpOps
 from synth_ref.backends.cupy_impl.position import Band, BandGrad, Position, band_to_dense
@@ -149,15 +150,19 @@ def test_masked_softmax_kernel(emu, dtype, B, h, l):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_softmax_backward_kernel(emu, dtype):
-    rng = np.random.default_rng(1)
-    B, h, l = 3, 2, 6
+@pytest.mark.parametrize("l", [6, 70])  # 70 > 32 emulated threads: strided loop and tree reduction
+def test_softmax_backward_kernel(emu, dtype, l):
+    rng = np.random.default_rng(l)
+    B, h = 3, 2
     for pb in (B, 1):
         p = rng.random((pb, h, l, l)).astype(dtype)
         dp = rng.standard_normal((B, h, l, l)).astype(dtype)
-        rowdot = rng.standard_normal((B, h, l, 1)).astype(dtype)
-        got = emu.softmax_backward(np, p, dp, rowdot)
-        assert_close(got, XpOps().softmax_backward(np, p, dp, rowdot), "dS", RTOL[dtype], 0)
+        got = emu.softmax_backward(np, p, dp)
+        assert_close(got, XpOps().softmax_backward(np, p, dp), "dS", RTOL[dtype], 0)
+        # the row term is sum_j P dP of each row (float64 gold), with P shared by the batch if pb = 1
+        p64, dp64 = np.broadcast_to(p, dp.shape).astype(np.float64), dp.astype(np.float64)
+        gold = p64 * (dp64 - (p64 * dp64).sum(-1, keepdims=True))
+        assert_close(got, gold, "dS vs float64", RTOL[dtype], 0)
 
 
 def _aft_inputs(rng, B, l, d, spread, dtype):
@@ -306,3 +311,34 @@ def ck_softmax():
     from synth_ref.variants import SOFTMAX_VARIANTS
 
     return set(SOFTMAX_VARIANTS) | {"mixture"}
+
+
+# --- saturated softmax rows (the conformance suite's regression cases) --------------------------
+
+class _HandVjpAdapter(cupy_impl.NumpyHandVjpAdapter):
+    """The hand-derived passes on NumPy with a chosen set of fused steps (Array-API or emulated)."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
+        return cupy_impl.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask,
+                               ops=self.ops)
+
+    def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
+        return cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask,
+                             ops=self.ops)
+
+
+@pytest.mark.parametrize("kernels", [False, True], ids=["array-api-steps", "emulated-kernels"])
+def test_saturated_softmax_gradients_float32(emu, kernels):
+    """The suite's saturated-softmax cases (cases._SATURATED), float32 gradients: with the row term
+    of dS taken as sum_e dO * O instead of sum_t' P dP, four of them failed (up to 3.3x tolerance)."""
+    from synth_ref.conformance import cases, check
+
+    adapter = _HandVjpAdapter(emu if kernels else XpOps())
+    before = len(emu.launched)
+    for case in cases.grid("ci")[-len(cases._SATURATED):]:
+        out = check.check_gradient(adapter, case, "float32")
+        assert out.status == "pass", out.message()
+    assert ("softmax_bwd" in emu.launched[before:]) == kernels

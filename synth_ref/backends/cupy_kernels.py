@@ -5,7 +5,8 @@ once per dtype; CI compiles every one of them with nvcc for sm_90).  What they f
 
 - ``masked_softmax_fwd``: the masked row softmax (masks from a causal flag and the key padding
   vector, never an (l, l) mask array; empty rows give 0), one pass instead of six elementwise ones.
-- ``softmax_bwd``: dS = P (dP - rowsum) in one pass.
+- ``softmax_bwd``: dS = P (dP - sum_t' P dP), one block per row (the row term reduced from the
+  same dP values dS uses).
 - ``aft_fwd``, ``aft_bwd_kv``, ``aft_bwd_w``: the AFT sums with the exact per-(row, channel)
   stabiliser, streamed over keys with an online maximum: linear memory, where the Array-API
   steps need a (B, rows, l, d) block per row group.
@@ -45,7 +46,7 @@ SOURCES = {
 #: Each kernel's parameters, in order: "ptr" (an array), "i32" (int), "i64" (long long).
 SIGNATURES = {
     "masked_softmax_fwd": ("ptr", "ptr", "ptr", "i64", "i32", "i64", "i32", "i32"),
-    "softmax_bwd": ("ptr", "ptr", "ptr", "ptr", "i64", "i32", "i64"),
+    "softmax_bwd": ("ptr", "ptr", "ptr", "i32", "i64"),
     "aft_fwd": ("ptr",) * 6 + ("i32",) * 8,
     "aft_bwd_kv": ("ptr",) * 9 + ("i32",) * 8,
     "aft_bwd_w": ("ptr",) * 8 + ("i32",) * 6,
@@ -57,7 +58,7 @@ SIGNATURES = {
 }
 
 #: Kernels that synchronise threads within a block (the others are independent per thread).
-COOPERATIVE = frozenset({"masked_softmax_fwd"})
+COOPERATIVE = frozenset({"masked_softmax_fwd", "softmax_bwd"})
 
 _DTYPES = ("float32", "float64")  # what the kernels are compiled for; float16 is computed in float32
 _ELEMENTWISE_THREADS = 256
@@ -115,15 +116,15 @@ class KernelOps(XpOps):
         self._launch("masked_softmax_fwd", dt, batch * h * l, self.softmax_threads, args)
         return p
 
-    def softmax_backward(self, xp, p, dp, rowdot):
+    def softmax_backward(self, xp, p, dp):
         dt = self._name(dp)
         if dt not in _DTYPES:
-            return super().softmax_backward(xp, p, dp, rowdot)
-        p, dp, rowdot = self._contig(p), self._contig(dp), self._contig(rowdot)
+            return super().softmax_backward(xp, p, dp)
+        p, dp = self._contig(p), self._contig(dp)
         ds = self._empty(xp, dp.shape, dp)
-        n = int(np.prod(dp.shape))
-        args = (p, dp, rowdot, ds, n, dp.shape[-1], int(np.prod(p.shape)))
-        self._launch("softmax_bwd", dt, _blocks(n, _ELEMENTWISE_THREADS), _ELEMENTWISE_THREADS, args)
+        rows = int(np.prod(dp.shape[:-1]))
+        args = (p, dp, ds, dp.shape[-1], int(np.prod(p.shape)))
+        self._launch("softmax_bwd", dt, rows, self.softmax_threads, args)
         return ds
 
     # --- AFT family -------------------------------------------------------------------------------

@@ -57,13 +57,29 @@ extern "C" __global__ void masked_softmax_fwd(
   }
 }
 
-// dS = P * (dP - rowdot[row]) elementwise over n = rows * l entries; P may be shared by the batch
-// (p_elems = its size, indices wrap).  Masked entries have P = 0, so they get dS = 0.
+// dS = P * (dP - sum_j P dP) on each row of dP (B, H, l, l); P may be shared by the batch (p_elems =
+// its size, row offsets wrap).  One block per row: the row term is reduced from the very dP values
+// dS then uses, as the eager softmax backward does, so on a nearly one-hot row the two cancel; the
+// cheaper sum_e dO O (equal in exact arithmetic) rounds differently and leaves one rounding of dP in
+// dS, which the logits' inputs multiply up (docs/backward.md).  Masked entries have P = 0: dS = 0.
 extern "C" __global__ void softmax_bwd(
-    const scalar_t* __restrict__ p, const scalar_t* __restrict__ dp,
-    const scalar_t* __restrict__ rowdot, scalar_t* __restrict__ ds,
-    long long n, int l, long long p_elems) {
-  const long long step = (long long)gridDim.x * blockDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
-    ds[i] = p[i % p_elems] * (dp[i] - rowdot[i / l]);
+    const scalar_t* __restrict__ p, const scalar_t* __restrict__ dp, scalar_t* __restrict__ ds,
+    int l, long long p_elems) {
+  __shared__ scalar_t red[SR_SOFTMAX_THREADS];
+  const long long row = blockIdx.x;
+  const scalar_t* prow = p + (row * l) % p_elems;
+  const scalar_t* dprow = dp + row * l;
+  scalar_t* dsrow = ds + row * l;
+  const int tid = threadIdx.x;
+
+  scalar_t acc = 0;
+  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS) acc += prow[j] * dprow[j];
+  red[tid] = acc;
+  __syncthreads();
+  for (int w = SR_SOFTMAX_THREADS / 2; w > 0; w >>= 1) {
+    if (tid < w) red[tid] += red[tid + w];
+    __syncthreads();
+  }
+  const scalar_t rowdot = red[0];
+  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS) dsrow[j] = prow[j] * (dprow[j] - rowdot);
 }

@@ -46,10 +46,12 @@ class XpOps:
         e = c.masked_exp(xp, s, allowed, m)
         return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
 
-    def softmax_backward(self, xp, p, dp, rowdot):
-        """dS = P * (dP - rowdot), rowdot = sum_t' P dP per row (passed in: it equals
-        sum_e dO * O, which is cheaper).  Masked entries have P = 0, hence dS = 0."""
-        return p * (dp - rowdot)
+    def softmax_backward(self, xp, p, dp):
+        """dS = P * (dP - sum_t' P dP) per row; P may have batch 1 (shared logits).  The row term is
+        reduced from the same dP values dS uses, not taken as the cheaper sum_e dO * O (equal in
+        exact arithmetic): on a nearly one-hot row only the former cancels as the eager softmax
+        backward does (docs/backward.md, step 4).  Masked entries have P = 0, hence dS = 0."""
+        return p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))
 
     # --- AFT family -------------------------------------------------------------------------------
     def aft_forward(self, xp, k, v, pos, causal, kpm):

@@ -3,7 +3,7 @@ the hand-derived backward.  The derivations are in docs/backward.md, one section
 
 Forward: V = x w_v + b_v (heads split); S = sum_c alpha_c S^c; P = masked row-softmax(S);
 O = P V; y = merge(O) w_o + b_o.  Backward, given dy:
-dO = split(dy w_o^T);  dP = dO V^T;  dV = P^T dO;  dS = P (dP - rowsum(dO * O));
+dO = split(dy w_o^T);  dP = dO V^T;  dV = P^T dO;  dS = P (dP - rowsum(P * dP));
 then each component's logits pass dS^c = alpha_c dS back to its own parameters and to x.
 """
 
@@ -170,7 +170,7 @@ def forward(spec, p, x, xp, causal, kpm, ops):
     o = xp.matmul(prob, v)
     merged = c.merge_heads(xp, o)
     y = linear(xp, merged, p["w_o"], p["b_o"])
-    return y, {"v": v, "alpha": alpha, "comps": comps, "p": prob, "o": o, "merged": merged}
+    return y, {"v": v, "alpha": alpha, "comps": comps, "p": prob, "merged": merged}
 
 
 def backward(spec, p, x, xp, res, dy, ops):
@@ -179,11 +179,10 @@ def backward(spec, p, x, xp, res, dy, ops):
     h = spec.n_heads
     dmerged, dwo, dbo = linear_backward(xp, res["merged"], p["w_o"], dy)
     do = c.split_heads(xp, dmerged, h)
-    prob, v, o = res["p"], res["v"], res["o"]
+    prob, v = res["p"], res["v"]
     dp = xp.matmul(do, _t(xp, v))
     dv = xp.matmul(_t(xp, prob), do)
-    rowdot = xp.sum(do * o, axis=-1, keepdims=True)  # = sum_t' P dP on each row
-    ds = ops.softmax_backward(xp, prob, dp, rowdot)
+    ds = ops.softmax_backward(xp, prob, dp)
     dx, dwv, dbv = linear_backward(xp, x, p["w_v"], c.merge_heads(xp, dv))
     grads = {"w_v": dwv, "b_v": dbv, "w_o": dwo, "b_o": dbo}
     alpha = res["alpha"]
