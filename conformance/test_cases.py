@@ -112,6 +112,32 @@ def test_opposed_regime_sets_w_against_k(opts):
                       "float64")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_opposed_regime_with_one_key_stays_finite(dtype):
+    """Length 1 (Hypothesis drew it in the deep profile): one key has nothing to oppose, and scaling
+    its zero spread up to +-10 gave w_k ~ 1e14, inf in float16, and a NaN that read as a wrong
+    adapter.  The inputs are finite and K + w' is still 0."""
+    spec = sr.Spec("aft_full", d_model=1, max_len=1)
+    inp = C.make_inputs(C.Case(spec, batch=1, shape=(1,), causal=False, mask="none",
+                               values="opposed", seed=0), dtype)
+    assert all(np.all(np.isfinite(a)) for a in inp.params.values())
+    assert np.abs(inp.params["w_k"]).max() < 100
+    k = inp.x[0] @ inp.params["w_k"] + inp.params["b_k"]
+    assert np.abs(k + inp.params["pos_bias"][0]).max() < 0.01
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the point
+def test_inputs_that_overflow_their_dtype_are_an_error(monkeypatch):
+    """A case whose inputs overflow the dtype is the generator's fault, said so, never a NaN."""
+    monkeypatch.setattr(C, "_x", lambda rng, case, B, l, d: np.full((B, l, d), 1e6))
+    case = C.Case(sr.Spec("random", d_model=4, max_len=4), batch=1, shape=(4,), causal=False,
+                  mask="none", values="normal", seed=0)
+    assert np.all(C.make_inputs(case, "float32").x == 1e6)
+    with pytest.raises(ValueError, match=r"x is not finite in float16 \(largest \|value\| before "
+                                         r"rounding: 1e\+06\)"):
+        C.make_inputs(case, "float16")
+
+
 def test_variant_filter_keeps_seeds():
     """A case reproduces with or without --variant: the filter keeps the whole grid's seeds."""
     full = {c.id: c.seed for c in C.grid("ci")}

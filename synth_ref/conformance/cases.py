@@ -206,7 +206,11 @@ def _opposed(spec, params, x, spread: float) -> dict:
     u = params["w_k"][:, 0]
     s = x[0] @ u
     mid = (float(np.max(s)) + float(np.min(s))) / 2
-    c = spread / max(float(np.max(s)) - mid, 1e-12)
+    half = float(np.max(s)) - mid
+    # One key (l = 1), or keys this direction cannot tell apart: there is nothing to set against
+    # anything, and scaling by spread / half would blow w_k past float16's range (l = 1 gave
+    # w_k ~ 1e14, inf in float16); the parameters keep their own scale, K + w' is still ~0.
+    c = spread / half if half > 1e-6 else 1.0
     u, s = u * c, (s - mid) * c  # centred: s spans exactly [-spread, spread]
     out = dict(params)
     out["w_k"] = np.repeat(u[:, None], spec.d_model, axis=1)
@@ -271,7 +275,7 @@ def make_inputs(case: Case, dtype: str) -> Inputs:
     dy = rng.standard_normal(x.shape)
     if case.values == "opposed":  # after every draw: the other regimes' inputs stay as they were
         params = _opposed(spec, params, x, LARGE_LOGITS[dtype])
-    return Inputs(
+    out = Inputs(
         case=case,
         dtype=dtype,
         params={n: round_to(a, dtype) for n, a in params.items()},
@@ -279,6 +283,14 @@ def make_inputs(case: Case, dtype: str) -> Inputs:
         mask=mask,
         dy=round_to(dy, dtype),
     )
+    # A case is finite inputs: one that overflowed its dtype would fail every backend (and the
+    # gold) with NaN, which reads as a wrong adapter; say what it is instead.
+    raw = {**params, "x": x, "dy": dy}
+    for name, a in [*out.params.items(), ("x", out.x), ("dy", out.dy)]:
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"inputs of case {case.id}: {name} is not finite in {dtype} (largest "
+                             f"|value| before rounding: {float(np.max(np.abs(raw[name]))):.3g})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
