@@ -56,7 +56,7 @@ def bench(session):
 # SYNTH_REF_PROFILE=deep selects the deep profile (default: the derandomized ci profile).
 
 CONFORMANCE_BACKENDS = ["numpy", "array_api_strict", "torch", "torch-triton-interpret", "jax",
-                        "jax-pallas-interpret", "torch-cuda", "cupy"]
+                        "jax-pallas-interpret", "cupy-emulated", "torch-cuda", "cupy"]
 # backend -> (extras of this project, further packages); torch wherever gradients are checked:
 # gradient gold is torch autograd in float64 on CPU (the CPU build on disk, via the constraints)
 CONFORMANCE_DEPS = {
@@ -68,6 +68,7 @@ CONFORMANCE_DEPS = {
     "jax": ("test,torch", ("jax", "pytest-xdist")),
     "jax-pallas-interpret": ("test,torch", ("jax", "pytest-xdist")),
     "cupy": ("test,cupy", ()),
+    "cupy-emulated": ("test,torch", ()),  # the CUDA sources built by the host C++ compiler
 }
 # jax compiles every shape twice (apply, vjp), the interpreters are slow: spread them over the cores
 CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-triton-interpret": "auto"}

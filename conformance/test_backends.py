@@ -14,7 +14,7 @@ from synth_ref import backends
 from synth_ref.backends import DTYPES, check_adapter
 
 BUILTIN = ("numpy", "array_api_strict", "torch", "torch-triton-interpret", "torch-cuda", "jax",
-           "jax-pallas-interpret", "cupy")
+           "jax-pallas-interpret", "cupy", "cupy-emulated")
 
 
 def test_names_lists_every_builtin():

@@ -1,7 +1,8 @@
 """The CuPy adapter's CUDA kernels, run on the CPU.
 
 The very sources CuPy compiles (synth_ref/backends/cuda/*.cu) are built with the host C++ compiler
-against a small emulation of the CUDA execution model (tests/cuda_emu/emu.h) and driven through
+against a small emulation of the CUDA execution model (synth_ref/backends/cuda/emu/emu.h, built by
+``synth_ref.backends.cupy_emulated``) and driven through
 ``KernelOps``, the same glue ``CupyOps`` uses on a GPU (argument packing, shapes, the
 one-representative-row case).  They are checked against the Array-API steps (``XpOps``) and, for
 the whole vjp, against torch autograd of the reference.  Not shown here: anything about real GPU
@@ -10,99 +11,33 @@ execution (NVRTC, scheduling, races between warps, speed); see test_cupy_gpu.py 
 
 from __future__ import annotations
 
-import ctypes
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from cupy_cases import CASES, CAUSAL_ONLY, GRID, RTOL64, assert_close, check, ids
 
+from synth_ref.backends import cupy_emulated as emulated
 from synth_ref.backends import cupy_impl
 from synth_ref.backends import cupy_kernels as ck
 from synth_ref.backends.cupy_impl.ops import XpOps
 from synth_ref.backends.cupy_impl.position import Band, BandGrad, Position, band_to_dense
 
-CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(
-    CXX is None, reason="no host C++ compiler (g++/c++) to build the CPU emulation of the kernels")
-
-EMU_DIR = Path(__file__).with_name("cuda_emu")
-EMU_THREADS = 32  # the softmax kernel's block size in the emulation: one warp, so rows of 37 and
-#                   70 keys exercise the strided loops and the tree reduction
-_C_TYPES = {"ptr": ("void*", ctypes.c_void_p), "i32": ("int", ctypes.c_int),
-            "i64": ("long long", ctypes.c_longlong)}
-
-
-def _harness() -> str:
-    """A launcher emu_<kernel>(grid, block, args...) for every kernel in the adapter's table."""
-    lines = ['#include "emu.h"'] + [f'#include "{f}"' for f in ck.SOURCES]
-    for name, sig in ck.SIGNATURES.items():
-        params = ", ".join(f"{_C_TYPES[t][0]} a{i}" for i, t in enumerate(sig))
-        args = ", ".join(f"emu_ptr{{a{i}}}" if t == "ptr" else f"a{i}" for i, t in enumerate(sig))
-        coop = "true" if name in ck.COOPERATIVE else "false"
-        lines.append(f'extern "C" void emu_{name}(unsigned grid, unsigned block, {params}) '
-                     f'{{ emu_launch(grid, block, {coop}, [&] {{ {name}({args}); }}); }}')
-    return "\n".join(lines) + "\n"
+    emulated.compiler() is None,
+    reason="no host C++ compiler ($CXX, g++ or c++) to build the CPU emulation of the kernels")
 
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
-    """Both dtypes' libraries, compiled side by side (-O0: the test sizes are tiny, the build is not)."""
-    out = tmp_path_factory.mktemp("cuda_emu")
-    src = out / "harness.cpp"
-    src.write_text(_harness())
-    procs = {}
-    for dtype, ctype in (("float32", "float"), ("float64", "double")):
-        so = out / f"emu_{ctype}.so"
-        cmd = [CXX, "-std=c++20", "-O0", "-shared", "-fPIC", "-pthread", f"-Dscalar_t={ctype}",
-               f"-DSR_SOFTMAX_THREADS={EMU_THREADS}", f"-I{EMU_DIR}", f"-I{ck.CUDA_DIR}", "-Wall", "-Werror",
-               "-Wno-unknown-pragmas", str(src), "-o", str(so)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs[dtype] = (so, cmd, proc)
-    built = {}
-    for dtype, (so, cmd, proc) in procs.items():
-        _, err = proc.communicate()
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{err}"
-        built[dtype] = ctypes.CDLL(str(so))
-    return built
-
-
-class EmuOps(ck.KernelOps):
-    """KernelOps launching into the CPU emulation (NumPy arrays, ctypes)."""
-
-    name = "emulated-kernels"
-    softmax_threads = EMU_THREADS
-
-    def __init__(self, libs):
-        self.libs = libs
-        self.launched = []
-
-    def _contig(self, a):
-        return np.ascontiguousarray(a)
-
-    def _launch(self, name, dtype, grid, block, args):
-        fn = getattr(self.libs[dtype], "emu_" + name)
-        sig = ck.SIGNATURES[name]
-        fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [_C_TYPES[t][1] for t in sig]
-        fn.restype = None
-        packed = []
-        for a, kind in zip(args, sig, strict=True):
-            if kind == "ptr":
-                assert a.flags.c_contiguous, f"{name}: a non-contiguous array reached the kernel"
-                assert a.dtype == (np.bool_ if a.dtype == np.bool_ else np.dtype(dtype)), name
-                packed.append(a.ctypes.data)
-            else:
-                packed.append(int(a))
-        fn(grid, block, *packed)
-        self.launched.append(name)
+    """Both dtypes' libraries (cupy_emulated.build: one block per softmax row of 32 threads, so rows
+    of 37 and 70 keys exercise the strided loops and the tree reduction)."""
+    return emulated.build(tmp_path_factory.mktemp("cuda_emu"))
 
 
 @pytest.fixture(scope="module")
 def emu(libs):
-    return EmuOps(libs)
+    return emulated.EmuOps(libs)
 
 
 # --- the source table --------------------------------------------------------------------------
@@ -315,28 +250,13 @@ def ck_softmax():
 
 # --- saturated softmax rows (the conformance suite's regression cases) --------------------------
 
-class _HandVjpAdapter(cupy_impl.NumpyHandVjpAdapter):
-    """The hand-derived passes on NumPy with a chosen set of fused steps (Array-API or emulated)."""
-
-    def __init__(self, ops):
-        self.ops = ops
-
-    def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
-        return cupy_impl.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask,
-                               ops=self.ops)
-
-    def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
-        return cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask,
-                             ops=self.ops)
-
-
 @pytest.mark.parametrize("kernels", [False, True], ids=["array-api-steps", "emulated-kernels"])
 def test_saturated_softmax_gradients_float32(emu, kernels):
     """The suite's saturated-softmax cases (cases._SATURATED), float32 gradients: with the row term
     of dS taken as sum_e dO * O instead of sum_t' P dP, four of them failed (up to 3.3x tolerance)."""
     from synth_ref.conformance import cases, check
 
-    adapter = _HandVjpAdapter(emu if kernels else XpOps())
+    adapter = cupy_impl.NumpyHandVjpAdapter(emu if kernels else XpOps())
     before = len(emu.launched)
     for case in cases.grid("ci")[-len(cases._SATURATED):]:
         out = check.check_gradient(adapter, case, "float32")

@@ -57,6 +57,7 @@ BUILTIN = {
     "jax": "synth_ref.backends.jax:adapter",
     "jax-pallas-interpret": "synth_ref.backends.jax:pallas_interpret_adapter",
     "cupy": "synth_ref.backends.cupy:adapter",
+    "cupy-emulated": "synth_ref.backends.cupy_emulated:adapter",
 }
 
 _cache: dict[str, object] = {}

@@ -77,10 +77,19 @@ def _xp_of(a):
 
 class NumpyHandVjpAdapter:
     """The hand-derived passes on NumPy arrays, as a backend adapter: the CuPy adapter's code path
-    (this package) with the Array-API steps in place of the CUDA kernels."""
+    (this package) with ``ops``' fused steps, by default the Array-API ones (:class:`XpOps`) in place
+    of the CUDA kernels."""
 
     name = "numpy-handvjp"
     dtypes = ("float64", "float32", "float16")
+
+    def __init__(self, ops=None):
+        self._ops = ops
+
+    @property
+    def ops(self):
+        """The fused steps the passes run with (``None``: the Array-API steps)."""
+        return self._ops
 
     def available(self):
         return True, "numpy " + np.__version__ + " (hand-derived vjp, no kernels)"
@@ -93,10 +102,10 @@ class NumpyHandVjpAdapter:
         return np.asarray(array)
 
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
-        return apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        return apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask, ops=self.ops)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
-        return vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask)
+        return vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask, ops=self.ops)
 
 
 numpy_adapter = NumpyHandVjpAdapter()
