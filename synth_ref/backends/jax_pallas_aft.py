@@ -29,10 +29,13 @@ for all 8 rows (the same rank-one-or-exact step, maxima over exactly those keys)
 block on the diagonal is computed exactly, element by element.  No mask ever lets a disallowed key
 into a stabilizer, and every finite input gives the exact result up to rounding.
 
-Backward: recomputation from the saved log-normaliser lse[t, c] (a[t, t', c] = exp(w + K - lse)),
-in two kernels: dK / dV per key tile (looping over query tiles) and dw per (query, key) tile summed
-over batch and channels inside the kernel.  With G1 = F * dY and G2 = G1 * Y, F = exp(alpha + beta -
-lse): dV = eK * (eW^T G1), E = eK * (eW^T G2), dK = V * dV - E, dw = eW * (G1 (eK V)^T - G2 eK^T).
+Backward: recomputation from the forward's running shift mx[t, c] and inv = 1 / den
+(a[t, t', c] = exp(w + K - mx) inv), in two kernels: dK / dV per key tile (looping over query tiles)
+and dw per (query, key) tile summed over batch and channels inside the kernel.  With G1 = F * dY and
+G2 = G1 * Y, F = exp(alpha + beta - mx) inv: dV = eK * (eW^T G1), E = eK * (eW^T G2), dK = V * dV - E,
+dw = eW * (G1 (eK V)^T - G2 eK^T).  Not the log-normaliser lse = mx + log(den): exp(. - lse) would
+carry lse's rounding, |lse| ulps (mx ~ 100: 4e-6 relative in float32), into every a; the deep
+conformance grid's opposed cases had float32 dV 30x the reference's own error from it.
 
 The three kernels take ``band`` (a :class:`.jax_pallas_aft_window.Band`) for the windowed form of
 aft_local / 1-D aft_conv: the last grid axis then walks only the band tiles of a query (or key)
@@ -157,10 +160,11 @@ def _micro_logits(wrow, kmic, r0, j):
     return jnp.where(rows >= j, z, -_INF)
 
 
-def _factor(alpha, beta, lse):
-    """F = exp(alpha + beta - lse) <= e^gap <= e^_SAFE_GAP on the tiles that use it; the cap is a
-    guard that keeps 0 * inf out of the gradient should a bound ever be violated."""
-    return jnp.exp(jnp.minimum(alpha + beta - lse, _F_CAP))
+def _factor(alpha, beta, mx, inv):
+    """F = exp(alpha + beta - mx) / den <= e^gap <= e^_SAFE_GAP on the tiles that use it (the tile's
+    shift is at most the running one, and den >= e^-gap); the cap is a guard that keeps 0 * inf out
+    of the gradient should a bound ever be violated.  An empty row (mx = +inf, inv = 0) gives 0."""
+    return jnp.exp(jnp.minimum(alpha + beta - mx, _F_CAP)) * inv
 
 
 def _dot(a, b, dt):
@@ -216,10 +220,10 @@ def _fwd_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, *rest, causal, dt, band
     the far key tiles' summary (three more row-tile inputs, ahead of the outputs)."""
     i, slot = pl.program_id(3), pl.program_id(4)
     if band is None:
-        o_ref, lse_ref, m_sc, num_sc, den_sc = rest
+        o_ref, mx_ref, inv_ref, m_sc, num_sc, den_sc = rest
         j, live = slot, None
     else:
-        fm_ref, fn_ref, fd_ref, o_ref, lse_ref, m_sc, num_sc, den_sc = rest
+        fm_ref, fn_ref, fd_ref, o_ref, mx_ref, inv_ref, m_sc, num_sc, den_sc = rest
         j, live = band.key_of(i, slot)
     T = w_ref.shape[-1]
     acc = krow_ref.dtype
@@ -266,22 +270,24 @@ def _fwd_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, *rest, causal, dt, band
         some = den > 0
         safe_den = jnp.where(some, den, 1.0)
         o_ref[...] = jnp.where(some, num_sc[...] / safe_den, 0.0).astype(o_ref.dtype)
-        lse_ref[...] = jnp.where(some, m_sc[...] + jnp.log(safe_den), _INF)
+        # the running shift and 1 / den (see the module docstring); (+inf, 0) on an empty row
+        mx_ref[...] = jnp.where(some, m_sc[...], _INF)
+        inv_ref[...] = jnp.where(some, 1.0 / safe_den, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
 # backward
 
 
-def _exact_bwd(wz, kz, vv, o, do, lse):
-    """The exact path's contributions, one key at a time: a = exp(w + K - lse) needs no shift."""
+def _exact_bwd(wz, kz, vv, o, do, mx, inv):
+    """The exact path's contributions, one key at a time: a = exp(w + K - mx) inv needs no shift."""
     T, C = kz.shape
     rows = jax.lax.broadcasted_iota(jnp.int32, (T, C), 0)
     cols = jax.lax.broadcasted_iota(jnp.int32, wz.shape, 1)
 
     def body(j, carry):
         dv, e, dw = carry
-        ad = jnp.exp(_key(wz, j, 1) + _key(kz, j, 0) - lse) * do  # (R, C)
+        ad = jnp.exp(_key(wz, j, 1) + _key(kz, j, 0) - mx) * inv * do  # (R, C)
         dv = dv + jnp.where(rows == j, jnp.sum(ad, axis=0, keepdims=True), 0.0)
         e = e + jnp.where(rows == j, jnp.sum(ad * o, axis=0, keepdims=True), 0.0)
         dw = dw + jnp.where(cols == j, jnp.sum(ad * (_key(vv, j, 0) - o), axis=1, keepdims=True), 0.0)
@@ -291,13 +297,13 @@ def _exact_bwd(wz, kz, vv, o, do, lse):
     return jax.lax.fori_loop(0, T, body, (zero, zero, jnp.zeros(wz.shape, wz.dtype)))
 
 
-def _bwd_full(wz, kz, vv, o, do, lse, dt):
+def _bwd_full(wz, kz, vv, o, do, mx, inv, dt):
     """One tile's contributions (rows all seeing the same keys): (dV part (T, C), E part (T, C),
     dw part (R, T)); rank-one or exact, decided exactly as in the forward pass."""
     alpha, beta, ew, ek = _rank_one(wz, kz)
 
     def rank_one():
-        g1 = _factor(alpha, beta, lse) * do
+        g1 = _factor(alpha, beta, mx, inv) * do
         g2 = g1 * o
         ewt = ew.T
         dv = ek * _dot(ewt, g1, dt)
@@ -306,10 +312,10 @@ def _bwd_full(wz, kz, vv, o, do, lse, dt):
         return dv, e, dw
 
     return jax.lax.cond(_rank_one_safe(wz, kz, alpha, beta), rank_one,
-                        lambda: _exact_bwd(wz, kz, vv, o, do, lse))
+                        lambda: _exact_bwd(wz, kz, vv, o, do, mx, inv))
 
 
-def _bwd_micro(wrow, kz, vv, o, do, lse, r0):
+def _bwd_micro(wrow, kz, vv, o, do, mx, inv, r0):
     """The exact 8 x 8 diagonal block of sub-block r0: (dV rows (8, C), E rows (8, C), dw rows (8, T))."""
     acc = kz.dtype
     kmic, vmic = kz[r0:r0 + SUB, :], vv[r0:r0 + SUB, :]
@@ -319,7 +325,7 @@ def _bwd_micro(wrow, kz, vv, o, do, lse, r0):
     e = jnp.zeros(kmic.shape, acc)
     dw = jnp.zeros(wrow.shape, acc)
     for jj in range(SUB):
-        a = jnp.exp(_micro_logits(wrow, kmic, r0, jj) - lse)  # (8, C): query rows r0.., key r0 + jj
+        a = jnp.exp(_micro_logits(wrow, kmic, r0, jj) - mx) * inv  # (8, C): rows r0.., key r0 + jj
         ad = a * do
         dv = dv + jnp.where(key_rows == jj, jnp.sum(ad, axis=0, keepdims=True), 0.0)
         e = e + jnp.where(key_rows == jj, jnp.sum(ad * o, axis=0, keepdims=True), 0.0)
@@ -328,7 +334,7 @@ def _bwd_micro(wrow, kz, vv, o, do, lse, r0):
     return dv, e, dw
 
 
-def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, dk_ref, dv_ref,
+def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, mx_ref, inv_ref, dk_ref, dv_ref,
                 dv_sc, e_sc, *, causal, dt, band=None):
     # grid (b, g, c tile, key tile, query slot): query tile i = slot, or (windowed) the slot-th band
     # query tile of key tile j; the windowed kernel sums the band only (the caller adds the rest)
@@ -345,7 +351,7 @@ def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref,
     def full_tile():
         wz, kz = _tile_inputs(w_ref, krow_ref, k_ref, kcol_ref)
         o, do = o_ref[...].astype(acc), do_ref[...].astype(acc)
-        dv, e, _ = _bwd_full(wz, kz, v_ref[...].astype(acc), o, do, lse_ref[...], dt)
+        dv, e, _ = _bwd_full(wz, kz, v_ref[...].astype(acc), o, do, mx_ref[...], inv_ref[...], dt)
         dv_sc[...] += dv
         e_sc[...] += e
 
@@ -358,12 +364,12 @@ def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref,
             wrow = wz[rows, :]
             o = o_ref[pl.ds(r0, SUB), :].astype(acc)
             do = do_ref[pl.ds(r0, SUB), :].astype(acc)
-            lse = lse_ref[pl.ds(r0, SUB), :]
+            mx, inv = mx_ref[pl.ds(r0, SUB), :], inv_ref[pl.ds(r0, SUB), :]
             wp, kp = _past_mask(wrow, kz, r0)
-            dv, e, _ = _bwd_full(wp, kp, vv, o, do, lse, dt)
+            dv, e, _ = _bwd_full(wp, kp, vv, o, do, mx, inv, dt)
             dv_sc[...] += dv
             e_sc[...] += e
-            dvm, em, _ = _bwd_micro(wrow, kz, vv, o, do, lse, r0)
+            dvm, em, _ = _bwd_micro(wrow, kz, vv, o, do, mx, inv, r0)
             dv_sc[pl.ds(r0, SUB), :] += dvm
             e_sc[pl.ds(r0, SUB), :] += em
 
@@ -376,7 +382,8 @@ def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref,
         dk_ref[...] = v_ref[...].astype(acc) * dv - e_sc[...]
 
 
-def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, dw_ref, *, causal, dt,
+def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, mx_ref, inv_ref, dw_ref, *, causal,
+               dt,
                band=None):
     # grid (g, query tile, key slot, b, c tile); windowed: the slot-th band key tile
     i, slot = pl.program_id(1), pl.program_id(2)
@@ -392,7 +399,7 @@ def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, 
     def full_tile():
         wz, kz = _tile_inputs(w_ref, krow_ref, k_ref, kcol_ref)
         o, do = o_ref[...].astype(acc), do_ref[...].astype(acc)
-        _, _, dw = _bwd_full(wz, kz, v_ref[...].astype(acc), o, do, lse_ref[...], dt)
+        _, _, dw = _bwd_full(wz, kz, v_ref[...].astype(acc), o, do, mx_ref[...], inv_ref[...], dt)
         dw_ref[...] += dw
 
     def diagonal_tile():
@@ -403,17 +410,17 @@ def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, lse_ref, 
             wrow = wz[r0:r0 + SUB, :]
             o = o_ref[pl.ds(r0, SUB), :].astype(acc)
             do = do_ref[pl.ds(r0, SUB), :].astype(acc)
-            lse = lse_ref[pl.ds(r0, SUB), :]
+            mx, inv = mx_ref[pl.ds(r0, SUB), :], inv_ref[pl.ds(r0, SUB), :]
             wp, kp = _past_mask(wrow, kz, r0)
-            _, _, dw = _bwd_full(wp, kp, vv, o, do, lse, dt)
-            _, _, dwm = _bwd_micro(wrow, kz, vv, o, do, lse, r0)
+            _, _, dw = _bwd_full(wp, kp, vv, o, do, mx, inv, dt)
+            _, _, dwm = _bwd_micro(wrow, kz, vv, o, do, mx, inv, r0)
             dw_ref[pl.ds(r0, SUB), :] += dw + dwm
 
     _run_tiles(causal, live, i, j, full_tile, diagonal_tile)
 
 
 # ---------------------------------------------------------------------------------------------
-# pallas_call plumbing; arrays: k, v, o, do, lse (B, G, lp, c); w (G, lp, lp);
+# pallas_call plumbing; arrays: k, v, o, do, mx, inv (B, G, lp, c); w (G, lp, lp);
 # krow (B, 1, lp) and kcol (B, lp, 1): 0 or -inf per key
 
 
@@ -466,8 +473,8 @@ def _forward(k, v, w, krow, kcol, *, causal, T, tc, interpret):
         functools.partial(_fwd_kernel, causal=causal, dt=_operand_dtype(v.dtype)),
         grid=(B, G, nc, n, n),
         in_specs=_in_specs(T, tc, at),
-        out_specs=[_row_spec(T, tc, at), _row_spec(T, tc, at)],
-        out_shape=[jax.ShapeDtypeStruct(v.shape, v.dtype), jax.ShapeDtypeStruct(v.shape, acc)],
+        out_specs=[_row_spec(T, tc, at)] * 3,  # o, and the statistics mx, inv
+        out_shape=[jax.ShapeDtypeStruct(v.shape, v.dtype)] + [jax.ShapeDtypeStruct(v.shape, acc)] * 2,
         scratch_shapes=[pltpu.VMEM((T, tc), acc) for _ in range(3)],
         compiler_params=_params("parallel", "parallel", "parallel", "parallel", "arbitrary"),
         interpret=interpret,
@@ -475,7 +482,7 @@ def _forward(k, v, w, krow, kcol, *, causal, T, tc, interpret):
     )(k, v, w, krow, kcol)
 
 
-def _backward(k, v, w, krow, kcol, o, lse, do, *, causal, T, tc, interpret):
+def _backward(k, v, w, krow, kcol, o, mx, inv, do, *, causal, T, tc, interpret):
     acc = krow.dtype
     B, G, lp, c = v.shape
     n, nc = lp // T, c // tc
@@ -488,14 +495,14 @@ def _backward(k, v, w, krow, kcol, o, lse, do, *, causal, T, tc, interpret):
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, causal=causal, dt=_operand_dtype(v.dtype)),
         grid=(B, G, nc, n, n),
-        in_specs=_in_specs(T, tc, at_kv) + [_row_spec(T, tc, at_kv)] * 3,
+        in_specs=_in_specs(T, tc, at_kv) + [_row_spec(T, tc, at_kv)] * 4,
         out_specs=[key_out, key_out],
         out_shape=[jax.ShapeDtypeStruct(v.shape, acc)] * 2,
         scratch_shapes=[pltpu.VMEM((T, tc), acc) for _ in range(2)],
         compiler_params=_params("parallel", "parallel", "parallel", "parallel", "arbitrary"),
         interpret=interpret,
         name="synth_aft_dkv",
-    )(k, v, w, krow, kcol, o, do, lse)
+    )(k, v, w, krow, kcol, o, do, mx, inv)
 
     kb = _key_block(causal, T)
 
@@ -505,14 +512,14 @@ def _backward(k, v, w, krow, kcol, o, lse, do, *, causal, T, tc, interpret):
     dw = pl.pallas_call(
         functools.partial(_dw_kernel, causal=causal, dt=_operand_dtype(v.dtype)),
         grid=(G, n, n, B, nc),
-        in_specs=_in_specs(T, tc, at_w) + [_row_spec(T, tc, at_w)] * 3,
+        in_specs=_in_specs(T, tc, at_w) + [_row_spec(T, tc, at_w)] * 4,
         # unclamped: tiles above a causal diagonal are written once, as zeros
         out_specs=pl.BlockSpec((None, T, T), lambda g, i, j, b, ct: (g, i, j)),
         out_shape=jax.ShapeDtypeStruct(w.shape, acc),
         compiler_params=_params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
         interpret=interpret,
         name="synth_aft_dw",
-    )(k, v, w, krow, kcol, o, do, lse)
+    )(k, v, w, krow, kcol, o, do, mx, inv)
     return dk, dv, dw
 
 
@@ -522,13 +529,14 @@ def _core(k, v, w, krow, kcol, causal, T, tc, interpret):
 
 
 def _core_fwd(k, v, w, krow, kcol, causal, T, tc, interpret):
-    o, lse = _forward(k, v, w, krow, kcol, causal=causal, T=T, tc=tc, interpret=interpret)
-    return o, (k, v, w, krow, kcol, o, lse)
+    o, mx, inv = _forward(k, v, w, krow, kcol, causal=causal, T=T, tc=tc, interpret=interpret)
+    return o, (k, v, w, krow, kcol, o, mx, inv)
 
 
 def _core_bwd(causal, T, tc, interpret, res, do):
-    k, v, w, krow, kcol, o, lse = res
-    dk, dv, dw = _backward(k, v, w, krow, kcol, o, lse, do, causal=causal, T=T, tc=tc, interpret=interpret)
+    k, v, w, krow, kcol, o, mx, inv = res
+    dk, dv, dw = _backward(k, v, w, krow, kcol, o, mx, inv, do, causal=causal, T=T, tc=tc,
+                           interpret=interpret)
     return (dk.astype(k.dtype), dv.astype(v.dtype), dw.astype(w.dtype), jnp.zeros_like(krow),
             jnp.zeros_like(kcol))
 

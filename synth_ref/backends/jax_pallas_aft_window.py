@@ -23,10 +23,12 @@ group, and JAX transposes the gather (a scatter-add onto wb, each band pair in e
 
 Backward, the same split from the keys' side: for key tile j, its band query tiles
 (``Band.row_of``) run the dense backward's math in-kernel; the far query rows have
-P[t, t'] = exp(K[t']) exp(-lse[t]), summarised per query tile as m = max of -lse, A = sum
-exp(-lse - m) dO, C = sum exp(-lse - m) dO O, scanned like the keys, and added in XLA as
-dV += exp(K + m) A, dK += V exp(K + m) A - exp(K + m) C.  exp(K + m) <= 1 for an allowed far key
-(K[t'] <= lse[t]: its term is one of lse's), and a product whose factor underflows is below 1e-38.
+P[t, t'] = exp(K[t']) exp(-mx[t]) inv[t] (the forward's running shift and 1 / den, as in the dense
+backward), summarised per query tile as m = max of -mx, A = sum exp(-mx - m) inv dO,
+C = sum exp(-mx - m) inv dO O, scanned like the keys, and added in XLA as dV += exp(K + m) A,
+dK += V exp(K + m) A - exp(K + m) C.  exp(K + m) <= 1 for an allowed far key (K[t'] <= mx[t]: the
+shift is at least the exact max), inv <= e^60 (the rank-one gap's bound), and a product whose factor
+underflows is below 1e-38.
 dw' (band tiles only) comes from the dense dw kernel run on the band tiles.
 """
 
@@ -215,8 +217,8 @@ def _forward(k, v, wt, krow, kcol, *, bd, causal, T, tc, interpret):
         functools.partial(_dense._fwd_kernel, causal=causal, dt=_dense._operand_dtype(v.dtype), band=bd),
         grid=(B, G, nc, n, bd.nband),
         in_specs=_in_specs(T, tc, at, wslot) + [row] * 3,
-        out_specs=[row, row],
-        out_shape=[jax.ShapeDtypeStruct(v.shape, v.dtype), jax.ShapeDtypeStruct(v.shape, acc)],
+        out_specs=[row] * 3,  # o, and the statistics mx, inv
+        out_shape=[jax.ShapeDtypeStruct(v.shape, v.dtype)] + [jax.ShapeDtypeStruct(v.shape, acc)] * 2,
         scratch_shapes=[pltpu.VMEM((T, tc), acc) for _ in range(3)],
         compiler_params=_dense._params("parallel", "parallel", "parallel", "parallel", "arbitrary"),
         interpret=interpret,
@@ -224,7 +226,7 @@ def _forward(k, v, wt, krow, kcol, *, bd, causal, T, tc, interpret):
     )(k, v, wt, krow, kcol, *far)
 
 
-def _backward(k, v, wt, krow, kcol, o, lse, do, *, bd, causal, T, tc, interpret):
+def _backward(k, v, wt, krow, kcol, o, mx, inv, do, *, bd, causal, T, tc, interpret):
     acc = krow.dtype
     B, G, lp, c = v.shape
     n, nc = lp // T, c // tc
@@ -240,20 +242,20 @@ def _backward(k, v, wt, krow, kcol, o, lse, do, *, bd, causal, T, tc, interpret)
     dk, dv = pl.pallas_call(
         functools.partial(_dense._dkv_kernel, causal=causal, dt=dt, band=bd),
         grid=(B, G, nc, n, bd.nband),
-        in_specs=_in_specs(T, tc, at_kv, wslot_kv) + [_dense._row_spec(T, tc, at_kv)] * 3,
+        in_specs=_in_specs(T, tc, at_kv, wslot_kv) + [_dense._row_spec(T, tc, at_kv)] * 4,
         out_specs=[key_out, key_out],
         out_shape=[jax.ShapeDtypeStruct(v.shape, acc)] * 2,
         scratch_shapes=[pltpu.VMEM((T, tc), acc) for _ in range(2)],
         compiler_params=_dense._params("parallel", "parallel", "parallel", "parallel", "arbitrary"),
         interpret=interpret,
         name="synth_aft_window_dkv",
-    )(k, v, wt, krow, kcol, o, do, lse)
+    )(k, v, wt, krow, kcol, o, do, mx, inv)
 
-    # far query rows, summarised per query tile (score -lse; padded rows and empty rows excluded)
+    # far query rows, summarised per query tile (score -mx; padded rows and empty rows excluded)
     real = (jnp.arange(lp) < bd.l)[None, None, :, None]
-    lse_ok = jnp.logical_and(real, jnp.isfinite(lse))
-    do_a, o_a = do.astype(acc), o.astype(acc)
-    summ = _summaries(jnp.where(lse_ok, -lse, -_INF), (do_a, do_a * o_a), T)
+    row_ok = jnp.logical_and(real, jnp.isfinite(mx))
+    g1 = inv * do.astype(acc)
+    summ = _summaries(jnp.where(row_ok, -mx, -_INF), (g1, g1 * o.astype(acc)), T)
     pre, suf = _scans(summ)
     j = np.arange(n)
     fm, fa, fc = _far(suf, pre, bd.ihi(j, np) + 1, bd.ilo(j, np), causal, T)
@@ -272,14 +274,14 @@ def _backward(k, v, wt, krow, kcol, o, lse, do, *, bd, causal, T, tc, interpret)
     dwt = pl.pallas_call(
         functools.partial(_dense._dw_kernel, causal=causal, dt=dt, band=bd),
         grid=(G, n, bd.nband, B, nc),
-        in_specs=_in_specs(T, tc, at_w, wslot_w) + [_dense._row_spec(T, tc, at_w)] * 3,
+        in_specs=_in_specs(T, tc, at_w, wslot_w) + [_dense._row_spec(T, tc, at_w)] * 4,
         # unclamped: empty slots are written once, as zeros
         out_specs=pl.BlockSpec((None, None, None, T, T), lambda g, i, jj, b, ct: (g, i, jj, 0, 0)),
         out_shape=jax.ShapeDtypeStruct(wt.shape, acc),
         compiler_params=_dense._params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
         interpret=interpret,
         name="synth_aft_window_dw",
-    )(k, v, wt, krow, kcol, o, do, lse)
+    )(k, v, wt, krow, kcol, o, do, mx, inv)
     return dk, dv, dwt
 
 
@@ -289,13 +291,13 @@ def _core(k, v, wt, krow, kcol, bd, causal, T, tc, interpret):
 
 
 def _core_fwd(k, v, wt, krow, kcol, bd, causal, T, tc, interpret):
-    o, lse = _forward(k, v, wt, krow, kcol, bd=bd, causal=causal, T=T, tc=tc, interpret=interpret)
-    return o, (k, v, wt, krow, kcol, o, lse)
+    o, mx, inv = _forward(k, v, wt, krow, kcol, bd=bd, causal=causal, T=T, tc=tc, interpret=interpret)
+    return o, (k, v, wt, krow, kcol, o, mx, inv)
 
 
 def _core_bwd(bd, causal, T, tc, interpret, res, do):
-    k, v, wt, krow, kcol, o, lse = res
-    dk, dv, dwt = _backward(k, v, wt, krow, kcol, o, lse, do, bd=bd, causal=causal, T=T, tc=tc,
+    k, v, wt, krow, kcol, o, mx, inv = res
+    dk, dv, dwt = _backward(k, v, wt, krow, kcol, o, mx, inv, do, bd=bd, causal=causal, T=T, tc=tc,
                             interpret=interpret)
     return (dk.astype(k.dtype), dv.astype(v.dtype), dwt.astype(wt.dtype), jnp.zeros_like(krow),
             jnp.zeros_like(kcol))

@@ -31,9 +31,9 @@ aft_local and 1-D aft_conv with a narrow band (``_aft_window.use_window``: at mo
 take ``_aft_window`` instead: the same tiles on the band, block summaries elsewhere, O(l (BT + NW) d)
 work and no (G, l, l) w'.  This module's dense kernels serve aft_full, aft_simple and wide bands.
 
-Kernels: ``_fwd`` (O and the per-(t, c) log-sum-exp), ``_bwd_dkv`` (per key block: dV = sum_t P dO and
-dK = V dV - sum_t P (dO O)), ``_bwd_dw`` (per (row, key) tile: dw' = sum over the group's columns of
-P (dO V - dO O), the batch and channel reduction inside the kernel).
+Kernels: ``_fwd`` (O, and per (t, c) the bound and 1 / den: ``_stats``), ``_bwd_dkv`` (per key
+block: dV = sum_t P dO and dK = V dV - sum_t P (dO O)), ``_bwd_dw`` (per (row, key) tile: dw' = sum
+over the group's columns of P (dO V - dO O), the batch and channel reduction inside the kernel).
 """
 
 from __future__ import annotations
@@ -64,6 +64,26 @@ def _load_bc(ptr, s_b, s_t, s_c, idx, b, c, col_ok, l, ACC: tl.constexpr):
     """A (len(idx), BN) tile of a (B, l, d) tensor at positions idx and columns (b, c); 0 outside."""
     return tl.load(ptr + b[None, :] * s_b + idx[:, None] * s_t + c[None, :] * s_c,
                    mask=(idx[:, None] < l) & col_ok[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _stats(mx_ptr, inv_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
+    """The forward's (bound, 1 / den) per (t, c) for these rows: P = exp(K + w' - bound) / den.
+    Not their log-sum-exp lse = bound + log(den): exp(z - lse) would carry lse's rounding, |lse|
+    ulps (bound ~ 100: 4e-6 relative in float32, 30-60x the reference's own error on the dV of the
+    conformance suite's opposed cases), into every P; exp(z - bound) * (1 / den) has the rounding of
+    z - bound, small where P is.  An empty row has bound +inf and 1 / den = 0, so P = 0 there."""
+    mx = _load_bc(mx_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    inv = _load_bc(inv_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+    return mx, inv
+
+
+@triton.jit
+def _store_stats(mx_ptr, inv_ptr, m, den, at, ok):
+    """Store what :func:`_stats` reads: the bound (+inf on an empty row) and 1 / den (0 there)."""
+    has = den > 0
+    tl.store(mx_ptr + at, tl.where(has, m, float("inf")), mask=ok)
+    tl.store(inv_ptr + at, 1.0 / tl.where(has, den, float("inf")), mask=ok)
 
 
 @triton.jit
@@ -161,18 +181,19 @@ def _recheck(check, ew, ek, bm, ACC: tl.constexpr, FLOOR: tl.constexpr):
 
 
 @triton.jit
-def _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, check,
+def _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, check,
               ACC: tl.constexpr, FLOOR: tl.constexpr):
     """An off-diagonal (rows, keys) tile's share of dV and of sum_t P (dO O) for its keys, as two
-    GEMMs: P = ew ek scale with scale = exp(bound - lse) (lse = +inf on an empty row gives 0); the
+    GEMMs: P = ew ek scale with scale = exp(tile bound - row bound) / den (0 on an empty row); the
     exact form where the forward's check failed on this tile."""
     wok = wok & kp[None, :]
     ew, ek, bm = _factors(w, wok, kv, kok)
     if _recheck(check, ew, ek, bm, ACC, FLOOR) != 0:
-        ddv, dpd = _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _exact_dkv(w, wok, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l,
+                              d, ACC)
     else:
-        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-        scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
+        mx, inv = _stats(mx_ptr, inv_ptr, rows, b, c, col_ok, l, d, ACC)
+        scale = tl.where(bm == NEG, 0.0, tl.exp(bm - mx) * inv)
         do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         ewt = tl.trans(ew)
@@ -182,13 +203,14 @@ def _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_o
 
 
 @triton.jit
-def _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC: tl.constexpr):
+def _exact_dkv(w, wok, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d,
+               ACC: tl.constexpr):
     """A tile's share of dV and of sum_t P (dO O) for its keys, elementwise with the exact
     z = K + w': the causal diagonal (whose key maximum may lie after the row) and tiles that failed
     the check (see the docstring)."""
     z = _exact_z(w, wok, kv, kok)
-    lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
-    p3 = tl.exp(z - lse[:, None, :])
+    mx, inv = _stats(mx_ptr, inv_ptr, rows, b, c, col_ok, l, d, ACC)
+    p3 = tl.exp(z - mx[:, None, :]) * inv[:, None, :]
     do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
     delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
     return tl.sum(p3 * do[:, None, :], 0), tl.sum(p3 * delta[:, None, :], 0)
@@ -205,7 +227,7 @@ def _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d):
 
 @triton.jit
 def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-         o_ptr, lse_ptr, bad_ptr, l, d, eg, N, NB,
+         o_ptr, mx_ptr, inv_ptr, bad_ptr, l, d, eg, N, NB,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
          BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -238,16 +260,15 @@ def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_
         m, num, den = _merge(m, num, den, bm, bnum, bden)
     has = den > 0
     out = num / tl.where(has, den, 1.0)  # nothing allowed: num = 0, so out = 0
-    lse = tl.where(has, tl.where(has, m, 0.0) + tl.log(tl.where(has, den, 1.0)), float("inf"))
-    at = b[None, :] * l * d + rows[:, None] * d + c[None, :]  # o and lse are contiguous (B, l, d)
+    at = b[None, :] * l * d + rows[:, None] * d + c[None, :]  # o and the stats are contiguous (B, l, d)
     ok = (rows[:, None] < l) & col_ok[None, :]
     tl.store(o_ptr + at, out.to(o_ptr.dtype.element_ty), mask=ok)
-    tl.store(lse_ptr + at, lse, mask=ok)
+    _store_stats(mx_ptr, inv_ptr, m, den, at, ok)
 
 
 @triton.jit
 def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-             do_ptr, lse_ptr, delta_ptr, bad_ptr, dk_ptr, dv_ptr, l, d, eg, N, NB,
+             do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, dk_ptr, dv_ptr, l, d, eg, N, NB,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
              BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -265,14 +286,16 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
     for start in range(lo, l, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d,
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok,
+                             l, d,
                              check, ACC, FLOOR)
         dv += ddv
         pd += dpd
     if CAUSAL:
         rows = pid_k * BK + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, True, HAS_W, ACC)
-        ddv, dpd = _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _exact_dkv(w, wok, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l,
+                              d, ACC)
         dv += ddv
         pd += dpd
     _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d)
@@ -280,7 +303,7 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
 
 @triton.jit
 def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-            do_ptr, lse_ptr, delta_ptr, bad_ptr, dw_ptr, l, d, eg, N, NB,
+            do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, dw_ptr, l, d, eg, N, NB,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
             BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """DIAG=False: every (row, key) tile, off-diagonal math (causal: tiles on or above the diagonal
@@ -300,7 +323,7 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
     for bidx in range(0, n_batch):
         kp, _ = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, keys < l, l, HAS_MASK)
         acc += _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
-                           do_ptr, lse_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
+                           do_ptr, mx_ptr, inv_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
                            l, d, eg, N, check, HAS_MASK, ACC, BT, BN, DIAG, FLOOR)
     ok = (rows[:, None] < l) & (keys[None, :] < l)
     if CAUSAL and not DIAG:
@@ -310,7 +333,7 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
 
 @triton.jit
 def _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
-                do_ptr, lse_ptr, delta_ptr, w, wok, rows, keys, bidx, g, l, d, eg, N, check,
+                do_ptr, mx_ptr, inv_ptr, delta_ptr, w, wok, rows, keys, bidx, g, l, d, eg, N, check,
                 HAS_MASK: tl.constexpr, ACC: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
                 DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """One (row, key) tile of dw' summed over the columns of batch element bidx (of all batch
@@ -323,17 +346,17 @@ def _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s
         kp, kok = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, col_ok, l, HAS_MASK)
         kv = _load_bc(k_ptr, s_kb, s_kt, s_kc, keys, b, c, col_ok, l, ACC)
         vv = _load_bc(v_ptr, s_vb, s_vt, s_vc, keys, b, c, col_ok, l, ACC)
-        lse = _load_bc(lse_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
+        mx, inv = _stats(mx_ptr, inv_ptr, rows, b, c, col_ok, l, d, ACC)
         do = _load_bc(do_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         delta = _load_bc(delta_ptr, l * d, d, 1, rows, b, c, col_ok, l, ACC)
         if DIAG:
-            acc += _exact_dw(w, wok, kv, kok, vv, lse, do, delta)
+            acc += _exact_dw(w, wok, kv, kok, vv, mx, inv, do, delta)
         else:
             ew, ek, bm = _factors(w, wok, kv, kok)
             if _recheck(check, ew, ek, bm, ACC, FLOOR) != 0:
-                acc += _exact_dw(w, wok, kv, kok, vv, lse, do, delta)
+                acc += _exact_dw(w, wok, kv, kok, vv, mx, inv, do, delta)
             else:
-                scale = tl.where(bm == NEG, 0.0, tl.exp(bm - lse))
+                scale = tl.where(bm == NEG, 0.0, tl.exp(bm - mx) * inv)
                 t1 = tl.dot(scale * do, tl.trans(ek * vv), out_dtype=ACC, input_precision="ieee")
                 t2 = tl.dot(scale * delta, tl.trans(ek), out_dtype=ACC, input_precision="ieee")
                 acc += ew * (t1 - t2)
@@ -341,9 +364,9 @@ def _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s
 
 
 @triton.jit
-def _exact_dw(w, wok, kv, kok, vv, lse, do, delta):
+def _exact_dw(w, wok, kv, kok, vv, mx, inv, do, delta):
     """A tile's dw' over one column block, elementwise with the exact z = K + w'."""
-    p3 = tl.exp(_exact_z(w, wok, kv, kok) - lse[:, None, :])
+    p3 = tl.exp(_exact_z(w, wok, kv, kok) - mx[:, None, :]) * inv[:, None, :]
     return tl.sum(p3 * (do[:, None, :] * vv[None, :, :] - delta[:, None, :]), 2)
 
 
@@ -363,28 +386,29 @@ class AftMix(torch.autograd.Function):
         NB, N = (B, eg) if mask is not None else (1, B * eg)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
-        lse = torch.empty(B, l, d, device=v.device, dtype=stat)
+        mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
+        inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
                     BT=BT, BN=BN, FLOOR=FLOOR[stat])
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a tile failed its check
         _fwd[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
-            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, lse, bad, l, d, eg, N, NB, **meta)
-        ctx.save_for_backward(k, v, w, m, out, lse, bad)
+            k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, mx, inv, bad, l, d, eg, N, NB, **meta)
+        ctx.save_for_backward(k, v, w, m, out, mx, inv, bad)
         ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        k, v, w, m, out, lse, bad = ctx.saved_tensors
+        k, v, w, m, out, mx, inv, bad = ctx.saved_tensors
         smb, smk, G, eg, N, NB = ctx.dims
         meta = ctx.meta
         B, l, d = k.shape
         dout = dout.contiguous()
-        delta = (dout.to(lse.dtype) * out.to(lse.dtype)).contiguous()
+        delta = (dout.to(mx.dtype) * out.to(mx.dtype)).contiguous()
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
-        common = (k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, dout, lse, delta, bad)
+        common = (k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, dout, mx, inv, delta, bad)
         dk = dv = dw = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)
@@ -392,7 +416,7 @@ class AftMix(torch.autograd.Function):
             _bwd_dkv[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
                 *common, dk, dv, l, d, eg, N, NB, **meta)
         if w is not None and ctx.needs_input_grad[2]:
-            dw = torch.zeros(G, l, l, device=k.device, dtype=lse.dtype)
+            dw = torch.zeros(G, l, l, device=k.device, dtype=mx.dtype)
             nb = triton.cdiv(l, BT)
             _bwd_dw[(nb, nb, G)](*common, dw, l, d, eg, N, NB, DIAG=False, **meta)
             if meta["CAUSAL"]:

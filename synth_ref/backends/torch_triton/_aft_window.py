@@ -17,14 +17,16 @@ Nothing is subtracted (the identity "sum over all keys plus (exp(w) - 1) correct
 cancels catastrophically), every term is <= 1 at its own bound, and under a causal mask the far
 blocks are wholly before R, so all of R's rows see all of their keys.
 
-Backward, the same split from the keys' side.  P[t, t'] = exp(K[t'] + w'[t, t'] - lse[t]);
-dV[t'] = sum_t P dO[t], dK[t'] = V[t'] dV[t'] - sum_t P (dO O)[t], dw' = sum over the group's columns
-of P (dO V - dO O), band only (w' = 0 outside is no parameter).  Band row blocks of a key block run
-the dense kernel's math; far row blocks t have P = exp(K[t']) exp(-lse[t]), summarised per row block
-as m = max of -lse over its rows, A = sum exp(-lse - m) dO, C = sum exp(-lse - m) dO O (the same scan
-kernel, score -lse) and added as exp(K[t'] + m) (A, C): every allowed far key has K[t'] <= lse[t]
-(its term is one of lse's), so exp(K + m) <= 1 and nothing overflows; a product that underflows is
-below 1e-38 of |dO|.
+Backward, the same split from the keys' side.  P[t, t'] = exp(K[t'] + w'[t, t'] - mx[t]) inv[t],
+with the forward's bound mx and inv = 1 / den per (t, c) (``_aft._stats``: not exp(. - lse), which
+carries lse's rounding into every P); dV[t'] = sum_t P dO[t], dK[t'] = V[t'] dV[t'] - sum_t P (dO O)[t],
+dw' = sum over the group's columns of P (dO V - dO O), band only (w' = 0 outside is no parameter).
+Band row blocks of a key block run the dense kernel's math; far row blocks t have
+P = exp(K[t']) exp(-mx[t]) inv[t], summarised per row block as m = max of -mx over its rows,
+A = sum exp(-mx - m) inv dO, C = sum exp(-mx - m) inv dO O (the same scan kernel, score -mx) and
+added as exp(K[t'] + m) (A, C): every allowed far key has K[t'] <= mx[t] (the bound is at least the
+exact max), so exp(K + m) <= 1 and nothing overflows; inv <= e^40 (the check's floor) in float32; a
+product that underflows is below 1e-38 of |dO|.
 
 Kernels: ``_scan`` (block summaries, exclusive prefix and suffix; keys forward, rows backward),
 ``_fwd_win``, ``_bwd_dkv_win``, ``_bwd_dw_win`` (per (row block, band key block) tile, scattered into
@@ -51,6 +53,7 @@ from ._aft import (
     _load_bc,
     _merge,
     _store_dkv,
+    _store_stats,
     _tile_dkv,
     _tile_sums,
 )
@@ -83,7 +86,7 @@ def _scan_block(s_ptr, s_sb, s_st, s_sc, a_ptr, s_ab, s_at, s_ac, c_ptr, s_cb, s
                 SIGN: tl.constexpr, HAS_C: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                 BT: tl.constexpr):
     """One block's summary per column: (max of SIGN * s over valid positions, sum exp(. - max) a,
-    sum exp(. - max) c, or of exp(. - max) alone without c).  -inf scores (lse = +inf: an empty
+    sum exp(. - max) c, or of exp(. - max) alone without c).  -inf scores (bound +inf: an empty
     row) add nothing."""
     pos = start + tl.arange(0, BT)
     ok = (pos[:, None] < l) & col_ok[None, :]
@@ -141,7 +144,7 @@ def _scan(s_ptr, s_sb, s_st, s_sc, a_ptr, s_ab, s_at, s_ac, c_ptr, s_cb, s_ct, s
 
 @triton.jit
 def _fwd_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_wt, s_wj, m_ptr, s_mb, s_mk,
-             pre_ptr, suf_ptr, o_ptr, lse_ptr, bad_ptr, l, d, eg, N, NB, BD, lo, NW, NBLK,
+             pre_ptr, suf_ptr, o_ptr, mx_ptr, inv_ptr, bad_ptr, l, d, eg, N, NB, BD, lo, NW, NBLK,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
              BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -184,21 +187,21 @@ def _fwd_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_w
         m, num, den = _merge(m, num, den, bm, bnum, bden)
     has = den > 0
     out = num / tl.where(has, den, 1.0)
-    lse = tl.where(has, tl.where(has, m, 0.0) + tl.log(tl.where(has, den, 1.0)), float("inf"))
     at = b[None, :] * l * d + rows[:, None] * d + c[None, :]
     ok = (rows[:, None] < l) & col_ok[None, :]
     tl.store(o_ptr + at, out.to(o_ptr.dtype.element_ty), mask=ok)
-    tl.store(lse_ptr + at, lse, mask=ok)
+    _store_stats(mx_ptr, inv_ptr, m, den, at, ok)
 
 
 @triton.jit
 def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_wt, s_wj,
-                 m_ptr, s_mb, s_mk, do_ptr, lse_ptr, delta_ptr, bad_ptr, pre_ptr, suf_ptr, dk_ptr, dv_ptr,
+                 m_ptr, s_mb, s_mk, do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, pre_ptr, suf_ptr,
+                 dk_ptr, dv_ptr,
                  l, d, eg, N, NB, BD, lo, NW, NBLK,
                  CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                  BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     """Per key block: dV and dK from the band row blocks (the dense kernel's math) and from the
-    row summaries of the far ones (pre/suf: the scan of -lse, dO and dO O)."""
+    row summaries of the far ones (pre/suf: the scan of -mx, inv dO and inv dO O)."""
     pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g, bidx = pid_gb // NB, pid_gb % NB
     BK: tl.constexpr = BT
@@ -216,7 +219,7 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
     if not CAUSAL:  # and before it
         pm, pa, pc = _far(pre_ptr, ilo, n, col_ok, NBLK, BD)
         fm, fa, fc = _merge(fm, fa, fc, pm, pa, pc)
-    # exp(K + max(-lse)) <= 1 for allowed keys; padded keys get nothing (their K is unbounded).
+    # exp(K + max(-mx)) <= 1 for allowed keys; padded keys get nothing (their K is unbounded).
     ekf = tl.exp(tl.where(kok, kv + fm[None, :], NEG))
     dv = ekf * fa[None, :]
     pd = ekf * fc[None, :]  # sum_t P[t, t'] delta[t]
@@ -225,14 +228,16 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
     for start in range(lo_rows, (ihi + 1) * BT, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, False, ACC)
-        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d,
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok,
+                             l, d,
                              check, ACC, FLOOR)
         dv += ddv
         pd += dpd
     if CAUSAL:
         rows = k0 + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, True, ACC)
-        ddv, dpd = _exact_dkv(w, wok, kv, kok, lse_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l, d, ACC)
+        ddv, dpd = _exact_dkv(w, wok, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok, l,
+                              d, ACC)
         dv += ddv
         pd += dpd
     _store_dkv(dv_ptr, dk_ptr, dv, pd, vv, keys, b, c, col_ok, l, d)
@@ -240,7 +245,8 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
 
 @triton.jit
 def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_wt, s_wj,
-                m_ptr, s_mb, s_mk, do_ptr, lse_ptr, delta_ptr, bad_ptr, dwb_ptr, l, d, eg, N, NB, lo, NW,
+                m_ptr, s_mb, s_mk, do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, dwb_ptr, l, d, eg, N, NB,
+                lo, NW,
                 CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                 BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """dwb for the tile (row block pid_t, its band key block number pid_k), into the contiguous
@@ -268,7 +274,7 @@ def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, 
     for bidx in range(0, n_batch):
         kp, _ = _key_ok(m_ptr, s_mb, s_mk, keys, bidx, keys < l, l, HAS_MASK)
         acc += _dw_columns(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, m_ptr, s_mb, s_mk,
-                           do_ptr, lse_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
+                           do_ptr, mx_ptr, inv_ptr, delta_ptr, w, wok & kp[None, :], rows, keys, bidx, g,
                            l, d, eg, N, check, HAS_MASK, ACC, BT, BN, DIAG, FLOOR)
     jj = keys[None, :] - rows[:, None] - lo
     # A skipped tile stores nothing: its sequence length is taken as 0 (a block-shaped condition;
@@ -306,38 +312,39 @@ class AftWindowMix(torch.autograd.Function):
         nblk = triton.cdiv(l, BT)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
-        lse = torch.empty(B, l, d, device=v.device, dtype=stat)
+        mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
+        inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
         pre, suf = _scan_launch(k, 1, v, None, mask, nblk)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=BT, BN=BN,
                     FLOOR=FLOOR[stat])
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a band tile failed its check
         _fwd_win[(nblk, triton.cdiv(N, BN), G * NB)](
-            k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, pre, suf, out, lse, bad,
+            k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, pre, suf, out, mx, inv, bad,
             l, d, eg, N, NB, B * d, lo, NW, nblk, **meta)
-        ctx.save_for_backward(k, v, wb, m, out, lse, bad)
+        ctx.save_for_backward(k, v, wb, m, out, mx, inv, bad)
         ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB, lo, NW, nblk)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        k, v, wb, m, out, lse, bad = ctx.saved_tensors
+        k, v, wb, m, out, mx, inv, bad = ctx.saved_tensors
         smb, smk, G, eg, N, NB, lo, NW, nblk = ctx.dims
         meta = ctx.meta
         B, l, d = k.shape
         dout = dout.contiguous()
-        delta = (dout.to(lse.dtype) * out.to(lse.dtype)).contiguous()
-        common = (k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, dout, lse, delta, bad)
+        delta = (dout.to(mx.dtype) * out.to(mx.dtype)).contiguous()
+        common = (k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, dout, mx, inv, delta, bad)
         dk = dv = dwb = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # Row summaries: score -lse (an empty row's +inf adds nothing), values dO and dO O.
-            pre, suf = _scan_launch(lse, -1, dout, delta, None, nblk)
+            # Row summaries: score -mx (an empty row's +inf adds nothing), values inv dO, inv dO O.
+            pre, suf = _scan_launch(mx, -1, inv * dout.to(inv.dtype), inv * delta, None, nblk)
             dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)
             dv = torch.empty(B, l, d, device=k.device, dtype=v.dtype)
             _bwd_dkv_win[(nblk, triton.cdiv(N, BN), G * NB)](
                 *common, pre, suf, dk, dv, l, d, eg, N, NB, B * d, lo, NW, nblk, **meta)
         if ctx.needs_input_grad[2]:
-            dwb = torch.zeros(G, l, NW, device=k.device, dtype=lse.dtype)
+            dwb = torch.zeros(G, l, NW, device=k.device, dtype=mx.dtype)
             nband = min(nblk, triton.cdiv(BT + NW - 1, BT) + 1)  # band key blocks per row block
             _bwd_dw_win[(nblk, nband, G)](*common, dwb, l, d, eg, N, NB, lo, NW, DIAG=False, **meta)
             if meta["CAUSAL"]:
