@@ -47,14 +47,14 @@ SOURCES = {
 SIGNATURES = {
     "masked_softmax_fwd": ("ptr", "ptr", "ptr", "i64", "i32", "i64", "i32", "i32"),
     "softmax_bwd": ("ptr", "ptr", "ptr", "i32", "i64"),
-    "aft_fwd": ("ptr",) * 6 + ("i32",) * 8,
-    "aft_bwd_kv": ("ptr",) * 9 + ("i32",) * 8,
-    "aft_bwd_w": ("ptr",) * 8 + ("i32",) * 6,
+    "aft_fwd": ("ptr",) * 7 + ("i32",) * 8,
+    "aft_bwd_kv": ("ptr",) * 10 + ("i32",) * 8,
+    "aft_bwd_w": ("ptr",) * 9 + ("i32",) * 6,
     "aftw_scan_fwd": ("ptr",) * 5 + ("i32",) * 5,
-    "aftw_fwd": ("ptr",) * 8 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
-    "aftw_scan_bwd": ("ptr",) * 5 + ("i32",) * 4,
-    "aftw_bwd_kv": ("ptr",) * 11 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
-    "aftw_bwd_w": ("ptr",) * 8 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
+    "aftw_fwd": ("ptr",) * 9 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
+    "aftw_scan_bwd": ("ptr",) * 6 + ("i32",) * 4,
+    "aftw_bwd_kv": ("ptr",) * 12 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
+    "aftw_bwd_w": ("ptr",) * 9 + ("i32",) * 6 + ("i64",) * 4 + ("i32",) * 2,
 }
 
 #: Kernels that synchronise threads within a block (the others are independent per thread).
@@ -145,27 +145,28 @@ class KernelOps(XpOps):
             return self._window_forward(xp, dt, k, v, pos, causal, kpm)
         B, l, d, G, lq, w, mask = self._aft_common(xp, k, pos, kpm, causal)
         k, v = self._contig(k), self._contig(v)
-        r, lse = self._empty(xp, (B, lq, d), k), self._empty(xp, (B, lq, d), k)
+        r, mx, inv = (self._empty(xp, (B, lq, d), k) for _ in range(3))
         flags = (int(causal), int(pos is not None), int(kpm is not None))
-        args = (k, v, w, mask, r, lse, B, lq, l, d, G) + flags
+        args = (k, v, w, mask, r, mx, inv, B, lq, l, d, G) + flags
         self._launch("aft_fwd", dt, _blocks(B * lq * d, _AFT_THREADS), _AFT_THREADS, args)
         if lq != l:
-            r, lse = xp.broadcast_to(r, (B, l, d)), xp.broadcast_to(lse, (B, l, d))
-        return r, lse
+            r, mx, inv = (xp.broadcast_to(a, (B, l, d)) for a in (r, mx, inv))
+        return r, (mx, inv)
 
-    def aft_backward(self, xp, k, v, pos, causal, kpm, r, lse, dr):
+    def aft_backward(self, xp, k, v, pos, causal, kpm, r, stats, dr):
         dt = self._name(k)
         if dt not in _DTYPES:
-            return super().aft_backward(xp, k, v, pos, causal, kpm, r, lse, dr)
+            return super().aft_backward(xp, k, v, pos, causal, kpm, r, stats, dr)
         if pos is not None and pos.band is not None:
-            return self._window_backward(xp, dt, k, v, pos, causal, kpm, r, lse, dr)
+            return self._window_backward(xp, dt, k, v, pos, causal, kpm, r, stats, dr)
         B, l, d, G, lq, w, mask = self._aft_common(xp, k, pos, kpm, causal)
+        mx, inv = stats
         if lq != l:  # one representative row; dR summed over the rows it stands for
-            r, lse, dr = r[:, :1, :], lse[:, :1, :], xp.sum(dr, axis=1, keepdims=True)
+            r, mx, inv, dr = r[:, :1, :], mx[:, :1, :], inv[:, :1, :], xp.sum(dr, axis=1, keepdims=True)
         k, v = self._contig(k), self._contig(v)
-        r, lse, dr = self._contig(r), self._contig(lse), self._contig(dr)
+        r, mx, inv, dr = (self._contig(a) for a in (r, mx, inv, dr))
         dk, dv = self._empty(xp, (B, l, d), k), self._empty(xp, (B, l, d), k)
-        args = (k, v, w, mask, r, lse, dr, dk, dv, B, lq, l, d, G, int(causal), int(pos is not None),
+        args = (k, v, w, mask, r, mx, inv, dr, dk, dv, B, lq, l, d, G, int(causal), int(pos is not None),
                 int(kpm is not None))
         self._launch("aft_bwd_kv", dt, _blocks(B * l * d, _AFT_THREADS), _AFT_THREADS, args)
         dwp = None
@@ -173,7 +174,7 @@ class KernelOps(XpOps):
             kt = self._contig(xp.permute_dims(k, (0, 2, 1)))
             vt = self._contig(xp.permute_dims(v, (0, 2, 1)))
             dwp = self._empty(xp, (G, l, l), k)
-            args = (kt, vt, w, mask, r, lse, dr, dwp, B, l, d, G, int(causal), int(kpm is not None))
+            args = (kt, vt, w, mask, r, mx, inv, dr, dwp, B, l, d, G, int(causal), int(kpm is not None))
             self._launch("aft_bwd_w", dt, _blocks(G * l * l, _AFT_THREADS), _AFT_THREADS, args)
         return dk, dv, dwp
 
@@ -192,28 +193,29 @@ class KernelOps(XpOps):
         flags = (int(causal), int(kpm is not None))
         self._launch("aftw_scan_fwd", dt, _blocks(B * d, _AFT_THREADS), _AFT_THREADS,
                      (k, v, mask, pre, suf, B, l, d) + flags)
-        r, lse = self._empty(xp, (B, l, d), k), self._empty(xp, (B, l, d), k)
+        r, mx, inv = (self._empty(xp, (B, l, d), k) for _ in range(3))
         self._launch("aftw_fwd", dt, _blocks(B * l * d, _AFT_THREADS), _AFT_THREADS,
-                     (k, v, table, mask, pre, suf, r, lse, B, l, d, pos.groups) + flags + band)
-        return r, lse
+                     (k, v, table, mask, pre, suf, r, mx, inv, B, l, d, pos.groups) + flags + band)
+        return r, (mx, inv)
 
-    def _window_backward(self, xp, dt, k, v, pos, causal, kpm, r, lse, dr):
+    def _window_backward(self, xp, dt, k, v, pos, causal, kpm, r, stats, dr):
         B, l, d = k.shape
-        k, v, r, lse, dr = (self._contig(a) for a in (k, v, r, lse, dr))
+        k, v, r, mx, inv, dr = (self._contig(a) for a in (k, v, r, *stats, dr))
         mask = self._dummy(xp, k, xp.bool) if kpm is None else self._contig(kpm)
         (table,), band = self._window_args(pos)
         bsuf = self._empty(xp, (3, B, l + 1, d), k)
         bpre = self._dummy(xp, k) if causal else self._empty(xp, (3, B, l + 1, d), k)
         self._launch("aftw_scan_bwd", dt, _blocks(B * d, _AFT_THREADS), _AFT_THREADS,
-                     (r, lse, dr, bpre, bsuf, B, l, d, int(causal)))
+                     (r, mx, inv, dr, bpre, bsuf, B, l, d, int(causal)))
         flags = (int(causal), int(kpm is not None))
         dk, dv = self._empty(xp, (B, l, d), k), self._empty(xp, (B, l, d), k)
         self._launch("aftw_bwd_kv", dt, _blocks(B * l * d, _AFT_THREADS), _AFT_THREADS,
-                     (k, v, table, mask, r, lse, dr, bpre, bsuf, dk, dv, B, l, d, pos.groups) + flags + band)
+                     (k, v, table, mask, r, mx, inv, dr, bpre, bsuf, dk, dv, B, l, d, pos.groups) + flags
+                     + band)
         width = pos.band.a + pos.band.r + 1
         dband = self._empty(xp, (pos.groups, l, width), k)
         self._launch("aftw_bwd_w", dt, _blocks(pos.groups * l * width, _AFT_THREADS), _AFT_THREADS,
-                     (k, v, table, mask, r, lse, dr, dband, B, l, d, pos.groups) + flags + band)
+                     (k, v, table, mask, r, mx, inv, dr, dband, B, l, d, pos.groups) + flags + band)
         return dk, dv, BandGrad(dband, pos.band.a)
 
 

@@ -1,5 +1,8 @@
 // AFT family: forward and backward of R[t, c] = sum_t' P[t, t', c] V[t', c] with
-// P = exp(z - lse[t, c]),  z = K[t', c] + w'[g(c), t, t'] over allowed t'.
+// P = exp(z - mx[t, c]) inv[t, c],  z = K[t', c] + w'[g(c), t, t'] over allowed t', where mx is the
+// exact max of z and inv = 1 / sum exp(z - mx) (both 0 on a row with no allowed key).  Not
+// exp(z - lse) with lse = mx + log(sum): lse's rounding, |lse| ulps (mx ~ 100: 4e-6 relative in
+// float32), would enter every P, about 30x the reference's own error on dV in the large regime.
 //
 // Each thread owns one (batch, row, channel) and streams over the keys with an online maximum: the
 // stabiliser is the exact per-(t, c) max of z over allowed keys, so any finite input gives a finite
@@ -15,8 +18,8 @@
 
 extern "C" __global__ void aft_fwd(
     const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, const scalar_t* __restrict__ w,
-    const bool* __restrict__ kpm, scalar_t* __restrict__ r, scalar_t* __restrict__ lse,
-    int B, int lq, int l, int d, int G, int causal, int has_w, int has_kpm) {
+    const bool* __restrict__ kpm, scalar_t* __restrict__ r, scalar_t* __restrict__ mx,
+    scalar_t* __restrict__ inv, int B, int lq, int l, int d, int G, int causal, int has_w, int has_kpm) {
   const long long n = (long long)B * lq * d;
   const long long step = (long long)gridDim.x * blockDim.x;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
@@ -35,16 +38,18 @@ extern "C" __global__ void aft_fwd(
       sr_add(m, den, num, k[kj] + (has_w ? wrow[j] : scalar_t(0)), 1, v[kj]);
     }
     r[i] = any ? num / den : scalar_t(0);
-    lse[i] = any ? m + sr_log(den) : scalar_t(0);
+    mx[i] = any ? m : scalar_t(0);
+    inv[i] = any ? scalar_t(1) / den : scalar_t(0);
   }
 }
 
 // dV[t', c] = sum_t P dR[t, c];  dK[t', c] = sum_t P (V[t', c] - R[t, c]) dR[t, c].
-// One thread per (batch, key t', channel); P <= 1 always (z <= lse), so nothing overflows.
+// One thread per (batch, key t', channel); P <= 1 always (z <= mx, inv <= 1), so nothing overflows.
 extern "C" __global__ void aft_bwd_kv(
     const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, const scalar_t* __restrict__ w,
-    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ lse,
-    const scalar_t* __restrict__ dr, scalar_t* __restrict__ dk, scalar_t* __restrict__ dv,
+    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ mx,
+    const scalar_t* __restrict__ inv, const scalar_t* __restrict__ dr, scalar_t* __restrict__ dk,
+    scalar_t* __restrict__ dv,
     int B, int lq, int l, int d, int G, int causal, int has_w, int has_kpm) {
   const long long n = (long long)B * l * d;
   const long long step = (long long)gridDim.x * blockDim.x;
@@ -60,7 +65,7 @@ extern "C" __global__ void aft_bwd_kv(
       for (int t = causal ? j : 0; t < lq; ++t) {
         const long long ti = (b * lq + t) * d + c;
         const scalar_t z = kv + (has_w ? wcol[(long long)t * l] : scalar_t(0));
-        const scalar_t pd = sr_exp(z - lse[ti]) * dr[ti];
+        const scalar_t pd = sr_exp(z - mx[ti]) * inv[ti] * dr[ti];
         sdv += pd;
         sdk += pd * (vv - r[ti]);
       }
@@ -72,11 +77,11 @@ extern "C" __global__ void aft_bwd_kv(
 
 // dw'[g, t, t'] = sum over batch and group g's channels of P (V[t', c] - R[t, c]) dR[t, c].
 // One thread per (g, t, t'), t' fastest: K and V come transposed, kt/vt (B, d, l), so a warp reads
-// consecutive keys (coalesced) while R, lse and dR at (b, t, c) are the same address (broadcast).
+// consecutive keys (coalesced) while R, mx, inv and dR at (b, t, c) are one address (broadcast).
 extern "C" __global__ void aft_bwd_w(
     const scalar_t* __restrict__ kt, const scalar_t* __restrict__ vt, const scalar_t* __restrict__ w,
-    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ lse,
-    const scalar_t* __restrict__ dr, scalar_t* __restrict__ dw,
+    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ mx,
+    const scalar_t* __restrict__ inv, const scalar_t* __restrict__ dr, scalar_t* __restrict__ dw,
     int B, int l, int d, int G, int causal, int has_kpm) {
   const long long n = (long long)G * l * l;
   const long long step = (long long)gridDim.x * blockDim.x;
@@ -93,7 +98,7 @@ extern "C" __global__ void aft_bwd_w(
         for (int c = g * eg; c < (g + 1) * eg; ++c) {
           const long long ti = (b * l + t) * d + c;
           const long long kj = (b * d + c) * l + j;
-          acc += sr_exp(kt[kj] + wv - lse[ti]) * dr[ti] * (vt[kj] - r[ti]);
+          acc += sr_exp(kt[kj] + wv - mx[ti]) * inv[ti] * dr[ti] * (vt[kj] - r[ti]);
         }
       }
     }

@@ -46,13 +46,14 @@ extern "C" __global__ void aftw_scan_fwd(
   }
 }
 
-// Per (batch, row t, channel): R and lse from the prefix before the band, the band itself and
-// (without a causal mask) the suffix after it.
+// Per (batch, row t, channel): R, and mx and inv as in aft.cu, from the prefix before the band,
+// the band itself and (without a causal mask) the suffix after it.
 extern "C" __global__ void aftw_fwd(
     const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, const scalar_t* __restrict__ table,
     const bool* __restrict__ kpm, const scalar_t* __restrict__ pre, const scalar_t* __restrict__ suf,
-    scalar_t* __restrict__ r, scalar_t* __restrict__ lse, int B, int l, int d, int G, int causal,
-    int has_kpm, long long sg, long long st, long long sk, long long base, int a, int rr) {
+    scalar_t* __restrict__ r, scalar_t* __restrict__ mx, scalar_t* __restrict__ inv, int B, int l, int d,
+    int G, int causal, int has_kpm, long long sg, long long st, long long sk, long long base, int a,
+    int rr) {
   const long long n = (long long)B * l * d;
   const long long plane = (long long)B * (l + 1) * d;
   const long long step = (long long)gridDim.x * blockDim.x;
@@ -77,16 +78,19 @@ extern "C" __global__ void aftw_fwd(
       sr_merge(m, den, num, suf[as], suf[plane + as], suf[2 * plane + as]);
     }
     r[i] = den > 0 ? num / den : scalar_t(0);
-    lse[i] = den > 0 ? m + sr_log(den) : scalar_t(0);
+    mx[i] = den > 0 ? m : scalar_t(0);
+    inv[i] = den > 0 ? scalar_t(1) / den : scalar_t(0);
   }
 }
 
 // Per (batch, channel), over query rows t: bpre[i] = the rows [0, i), bsuf[i] = the rows [i, l),
-// each as (max of -lse, sum exp(-lse - max) dR, sum exp(-lse - max) dR R).  bpre only without a
-// causal mask (under one a key is never seen by rows before it).
+// each as (max of -mx, sum exp(-mx - max) inv dR, sum exp(-mx - max) inv dR R) over rows with an
+// allowed key (an empty row has inv = 0 and sees no key).  bpre only without a causal mask (under
+// one a key is never seen by rows before it).
 extern "C" __global__ void aftw_scan_bwd(
-    const scalar_t* __restrict__ r, const scalar_t* __restrict__ lse, const scalar_t* __restrict__ dr,
-    scalar_t* __restrict__ bpre, scalar_t* __restrict__ bsuf, int B, int l, int d, int causal) {
+    const scalar_t* __restrict__ r, const scalar_t* __restrict__ mx, const scalar_t* __restrict__ inv,
+    const scalar_t* __restrict__ dr, scalar_t* __restrict__ bpre, scalar_t* __restrict__ bsuf, int B,
+    int l, int d, int causal) {
   const long long n = (long long)B * d;
   const long long plane = (long long)B * (l + 1) * d;
   const long long step = (long long)gridDim.x * blockDim.x;
@@ -97,7 +101,7 @@ extern "C" __global__ void aftw_scan_bwd(
     for (int t = l; t >= 0; --t) {
       if (t < l) {
         const long long ti = (b * l + t) * d + c;
-        sr_add(m, s1, s2, -lse[ti], dr[ti], dr[ti] * r[ti]);
+        if (inv[ti] > 0) sr_add(m, s1, s2, -mx[ti], inv[ti] * dr[ti], inv[ti] * dr[ti] * r[ti]);
       }
       const long long at = (b * (l + 1) + t) * d + c;
       bsuf[at] = m; bsuf[plane + at] = s1; bsuf[2 * plane + at] = s2;
@@ -109,18 +113,20 @@ extern "C" __global__ void aftw_scan_bwd(
       bpre[at] = m; bpre[plane + at] = s1; bpre[2 * plane + at] = s2;
       if (t < l) {
         const long long ti = (b * l + t) * d + c;
-        sr_add(m, s1, s2, -lse[ti], dr[ti], dr[ti] * r[ti]);
+        if (inv[ti] > 0) sr_add(m, s1, s2, -mx[ti], inv[ti] * dr[ti], inv[ti] * dr[ti] * r[ti]);
       }
     }
   }
 }
 
 // Per (batch, key j, channel): dV and dK.  Rows whose band holds j are summed directly; the other
-// rows see j with weight exp(K[j] - lse[t]) and come from the row scans: exp(K[j] + max) (S1, S2).
+// rows see j with weight exp(K[j] - mx[t]) inv[t] and come from the row scans: exp(K[j] + max)
+// (S1, S2), with exp(K[j] + max) <= 1 (K[j] <= mx[t]: the band's w' is 0 outside).
 extern "C" __global__ void aftw_bwd_kv(
     const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, const scalar_t* __restrict__ table,
-    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ lse,
-    const scalar_t* __restrict__ dr, const scalar_t* __restrict__ bpre, const scalar_t* __restrict__ bsuf,
+    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ mx,
+    const scalar_t* __restrict__ inv, const scalar_t* __restrict__ dr, const scalar_t* __restrict__ bpre,
+    const scalar_t* __restrict__ bsuf,
     scalar_t* __restrict__ dk, scalar_t* __restrict__ dv, int B, int l, int d, int G, int causal,
     int has_kpm, long long sg, long long st, long long sk, long long base, int a, int rr) {
   const long long n = (long long)B * l * d;
@@ -140,7 +146,7 @@ extern "C" __global__ void aftw_bwd_kv(
       const int thi = j + a < l - 1 ? j + a : l - 1;
       for (int t = tlo; t <= thi; ++t) {  // rows whose band holds key j
         const long long ti = (b * l + t) * d + c;
-        const scalar_t pd = sr_exp(kv + sr_band_w(table, sg, st, sk, base, g, t, j) - lse[ti]) * dr[ti];
+        const scalar_t pd = sr_exp(kv + sr_band_w(table, sg, st, sk, base, g, t, j) - mx[ti]) * inv[ti] * dr[ti];
         sdv += pd;
         sdk += pd * (vv - r[ti]);
       }
@@ -164,8 +170,9 @@ extern "C" __global__ void aftw_bwd_kv(
 // the group's channels; 0 where that key does not exist or is not allowed.
 extern "C" __global__ void aftw_bwd_w(
     const scalar_t* __restrict__ k, const scalar_t* __restrict__ v, const scalar_t* __restrict__ table,
-    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ lse,
-    const scalar_t* __restrict__ dr, scalar_t* __restrict__ dband, int B, int l, int d, int G, int causal,
+    const bool* __restrict__ kpm, const scalar_t* __restrict__ r, const scalar_t* __restrict__ mx,
+    const scalar_t* __restrict__ inv, const scalar_t* __restrict__ dr, scalar_t* __restrict__ dband, int B,
+    int l, int d, int G, int causal,
     int has_kpm, long long sg, long long st, long long sk, long long base, int a, int rr) {
   const int width = a + rr + 1;
   const long long n = (long long)G * l * width;
@@ -183,7 +190,7 @@ extern "C" __global__ void aftw_bwd_w(
         if (has_kpm && !kpm[b * l + j]) continue;
         for (int c = g * eg; c < (g + 1) * eg; ++c) {
           const long long ti = (b * l + t) * d + c, kj = (b * l + j) * d + c;
-          acc += sr_exp(k[kj] + wv - lse[ti]) * dr[ti] * (v[kj] - r[ti]);
+          acc += sr_exp(k[kj] + wv - mx[ti]) * inv[ti] * dr[ti] * (v[kj] - r[ti]);
         }
       }
     }

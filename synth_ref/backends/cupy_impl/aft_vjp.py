@@ -2,7 +2,8 @@
 hand-derived backward.  The derivations are in docs/backward.md, one section per variant.
 
 Forward: Q, K, V = x w_{q,k,v} + b_{q,k,v};  R[t, c] = sum_t' P[t, t', c] V[t', c] with
-P = exp(K[t', c] + w'[t, t'] - lse[t, c]) over allowed t';  y = (sigmoid(Q) * R) w_o + b_o.
+P = exp(K[t', c] + w'[t, t'] - mx[t, c]) / den[t, c] over allowed t' (mx the exact max, den the
+normaliser);  y = (sigmoid(Q) * R) w_o + b_o.
 Backward, given dy:  dG = dy w_o^T;  dR = dG sigmoid(Q);  dQ = dG R sigmoid'(Q);
 (dK, dV, dw') from ``ops.aft_backward``;  then w' passes dw' back to its parameters.
 """
@@ -166,11 +167,11 @@ def forward(spec, p, x, xp, causal, kpm, ops):
     k = linear(xp, x, p["w_k"], p["b_k"])
     v = linear(xp, x, p["w_v"], p["b_v"])
     pos, bres = position_forward(spec, p, xp, l, causal, grid, c._dev(x))
-    r, lse = ops.aft_forward(xp, k, v, pos, causal, kpm)
+    r, stats = ops.aft_forward(xp, k, v, pos, causal, kpm)
     sg = c.sigmoid(xp, q)
     gated = sg * r
     y = linear(xp, gated, p["w_o"], p["b_o"])
-    res = {"grid": grid, "x": x, "q": q, "k": k, "v": v, "pos": pos, "bres": bres, "r": r, "lse": lse,
+    res = {"grid": grid, "x": x, "q": q, "k": k, "v": v, "pos": pos, "bres": bres, "r": r, "stats": stats,
            "sg": sg, "gated": gated}
     return unflatten_grid(xp, y, grid), res
 
@@ -183,7 +184,7 @@ def backward(spec, p, x, xp, res, dy, causal, kpm, ops):
     dr = dgated * res["sg"]
     dq = dgated * res["r"] * _sigmoid_grad(xp, res["q"])
     pos = res["pos"]
-    dk, dv, dwp = ops.aft_backward(xp, res["k"], res["v"], pos, causal, kpm, res["r"], res["lse"], dr)
+    dk, dv, dwp = ops.aft_backward(xp, res["k"], res["v"], pos, causal, kpm, res["r"], res["stats"], dr)
     dxq, dwq, dbq = linear_backward(xp, xf, p["w_q"], dq)
     dxk, dwk, dbk = linear_backward(xp, xf, p["w_k"], dk)
     dxv, dwv, dbv = linear_backward(xp, xf, p["w_v"], dv)

@@ -55,31 +55,31 @@ class XpOps:
 
     # --- AFT family -------------------------------------------------------------------------------
     def aft_forward(self, xp, k, v, pos, causal, kpm):
-        """R[t, c] = sum_t' e^(z - lse) V[t', c] with z = K[t', c] + w'[t, t'] over allowed t', and
-        lse[t, c] = log sum_t' e^z (0 where nothing is allowed).  Returns (R, lse), both (B, l, d).
+        """R[t, c] = sum_t' P V[t', c] with P = e^(z - mx) inv, z = K[t', c] + w'[t, t'] over allowed
+        t', mx[t, c] the max of z and inv = 1 / sum_t' e^(z - mx) (both 0 where nothing is allowed).
+        Returns (R, (mx, inv)), each (B, l, d).  The pair, not lse = mx + log(1 / inv): exp(z - lse)
+        would carry lse's rounding, |lse| ulps, into every P (docs/backward.md, AFT).
 
         The stabiliser is the exact per-(t, c) max of z over allowed t', as in the reference, so
         any finite input stays finite in float32 (causal included)."""
         B, l, d = k.shape
         wp = None if pos is None else pos.dense()
-        out_r, out_lse = [], []
+        out = ([], [], [])
         for z, ok, vg, rows, _ in _blocks(xp, k, v, wp, causal, kpm):
             m = c.masked_max(xp, z, ok, axis=2)
             e = c.masked_exp(xp, z, ok, m)
             den = xp.sum(e, axis=2)
-            num = xp.sum(e * vg, axis=2)
-            r = c.safe_divide(xp, num, den)
-            one = c.const(xp, 1.0, den)
-            lse = m[:, :, 0, ...] + xp.log(xp.where(den > 0, den, one))
-            out_r.append(xp.reshape(r, (B, rows, d)))
-            out_lse.append(xp.reshape(lse, (B, rows, d)))
-        r, lse = _cat(xp, out_r), _cat(xp, out_lse)
+            inv = c.safe_divide(xp, xp.astype(den > 0, den.dtype), den)  # 0 on an empty row
+            for part, a in zip(out, (xp.sum(e * vg, axis=2) * inv, m[:, :, 0, ...], inv), strict=True):
+                part.append(xp.reshape(a, (B, rows, d)))
+        r, mx, inv = (_cat(xp, part) for part in out)
         if r.shape[1] != l:  # the row-independent case computed one representative row
-            r, lse = xp.broadcast_to(r, (B, l, d)), xp.broadcast_to(lse, (B, l, d))
-        return r, lse
+            r, mx, inv = (xp.broadcast_to(a, (B, l, d)) for a in (r, mx, inv))
+        return r, (mx, inv)
 
-    def aft_backward(self, xp, k, v, pos, causal, kpm, r, lse, dr):
-        """Given dR, return (dK, dV, dw') with P = e^(z - lse) on allowed pairs:
+    def aft_backward(self, xp, k, v, pos, causal, kpm, r, stats, dr):
+        """Given dR and the forward's (mx, inv), return (dK, dV, dw') with P = e^(z - mx) inv on
+        allowed pairs:
         dV[t'] = sum_t P dR[t];  dz = P (V[t'] - R[t]) dR[t];  dK[t'] = sum_t dz;
         dw'[g, t, t'] = sum over batch and group g's channels of dz ((G, l, l); None without w')."""
         B, l, d = k.shape
@@ -91,15 +91,16 @@ class XpOps:
         for z, ok, vg, rows, start in _blocks(xp, k, v, wp, causal, kpm):
             G, eg = z.shape[3], z.shape[4]
             if independent:  # every row has the same P, so only sum_t dR[t] matters
-                lse_b, r_b = lse[:, :1, :], r[:, :1, :]
+                sl = slice(0, 1)
                 dr_b = xp.sum(dr, axis=1, keepdims=True)
             else:
                 sl = slice(start, start + rows)
-                lse_b, r_b, dr_b = lse[:, sl, :], r[:, sl, :], dr[:, sl, :]
+                dr_b = dr[:, sl, :]
             shape = (B, rows, 1, G, eg)
-            p = c.masked_exp(xp, z, ok, xp.reshape(lse_b, shape))
+            mx_b, inv_b, r_b = (xp.reshape(a[:, sl, :], shape) for a in (*stats, r))
+            p = c.masked_exp(xp, z, ok, mx_b) * inv_b
             pd = p * xp.reshape(dr_b, shape)
-            dz = pd * (vg - xp.reshape(r_b, shape))
+            dz = pd * (vg - r_b)
             dv_b, dk_b = xp.sum(pd, axis=1), xp.sum(dz, axis=1)
             dv = dv_b if dv is None else dv + dv_b
             dk = dk_b if dk is None else dk + dk_b
