@@ -70,7 +70,8 @@ class XpOps:
             e = c.masked_exp(xp, z, ok, m)
             den = xp.sum(e, axis=2)
             inv = c.safe_divide(xp, xp.astype(den > 0, den.dtype), den)  # 0 on an empty row
-            for part, a in zip(out, (xp.sum(e * vg, axis=2) * inv, m[:, :, 0, ...], inv), strict=True):
+            r = c.safe_divide(xp, xp.sum(e * vg, axis=2), den)  # divided, as the reference does
+            for part, a in zip(out, (r, m[:, :, 0, ...], inv), strict=True):
                 part.append(xp.reshape(a, (B, rows, d)))
         r, mx, inv = (_cat(xp, part) for part in out)
         if r.shape[1] != l:  # the row-independent case computed one representative row
