@@ -19,7 +19,6 @@ AFT_LSE_CASE = next(c for c in cases.grid("ci")[-len(cases._DEEP_FINDS):] if c.v
 
 def gradient_errors(adapter, case, names, dtype="float32") -> dict:
     """max |gradient - float64 gold| for each parameter in ``names``."""
-
     inp = cases.make_inputs(case, dtype)
     _, gold = check._gold_vjp(case, dtype)
     nd = np.float32 if dtype == "float32" else np.float64

@@ -382,9 +382,8 @@ def _dkv_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, mx_ref, 
         dk_ref[...] = v_ref[...].astype(acc) * dv - e_sc[...]
 
 
-def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, mx_ref, inv_ref, dw_ref, *, causal,
-               dt,
-               band=None):
+def _dw_kernel(k_ref, v_ref, w_ref, krow_ref, kcol_ref, o_ref, do_ref, mx_ref, inv_ref, dw_ref, *,
+               causal, dt, band=None):
     # grid (g, query tile, key slot, b, c tile); windowed: the slot-th band key tile
     i, slot = pl.program_id(1), pl.program_id(2)
     j, live = (slot, None) if band is None else band.key_of(i, slot)

@@ -286,9 +286,8 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
     for start in range(lo, l, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, False, HAS_W, ACC)
-        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok,
-                             l, d,
-                             check, ACC, FLOOR)
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c,
+                             col_ok, l, d, check, ACC, FLOOR)
         dv += ddv
         pd += dpd
     if CAUSAL:

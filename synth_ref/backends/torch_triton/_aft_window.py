@@ -228,9 +228,8 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
     for start in range(lo_rows, (ihi + 1) * BT, BT):
         rows = start + tl.arange(0, BT)
         w, wok = _wb_tile(wb_ptr, s_wg, s_wt, s_wj, g, rows, keys, l, lo, NW, False, ACC)
-        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c, col_ok,
-                             l, d,
-                             check, ACC, FLOOR)
+        ddv, dpd = _tile_dkv(w, wok, kp, kv, kok, mx_ptr, inv_ptr, do_ptr, delta_ptr, rows, b, c,
+                             col_ok, l, d, check, ACC, FLOOR)
         dv += ddv
         pd += dpd
     if CAUSAL:
