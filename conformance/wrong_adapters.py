@@ -34,10 +34,10 @@ def _merge(t):
     return t.transpose(0, 2, 1, 3).reshape(B, l, h * e)
 
 
-def _allowed(B, l, causal, mask):
+def _allowed(B, l, causal, mask, diagonal=True):
     ok = np.ones((B, l, l), dtype=bool)
     if causal:
-        ok &= np.tril(np.ones((l, l), dtype=bool))[None]
+        ok &= np.tril(np.ones((l, l), dtype=bool), k=0 if diagonal else -1)[None]
     if mask is not None:
         ok &= mask[:, None, :]
     return ok
@@ -49,12 +49,13 @@ def _sigmoid(q):
     return np.where(q >= 0, one / (one + e), e / (one + e))
 
 
-def _normalise(z, ok, axis, stabilise=True):
-    """exp(z - max) / sum over ``axis`` where ok (0 where nothing is)."""
+def _normalise(z, ok, axis, stabilise=True, max_over_all=False):
+    """exp(z - max) / sum over ``axis`` where ok (0 where nothing is); ``max_over_all``: the max is
+    taken over every entry, masked ones included (a slip)."""
     neg = np.asarray(-np.inf, z.dtype)
     zz = np.where(ok, z, neg)
     if stabilise:
-        m = np.max(zz, axis=axis, keepdims=True)
+        m = np.max(np.broadcast_to(z, zz.shape) if max_over_all else zz, axis=axis, keepdims=True)
         m = np.where(np.isfinite(m), m, np.zeros((), z.dtype))
     else:
         m = np.zeros((), z.dtype)
@@ -64,25 +65,31 @@ def _normalise(z, ok, axis, stabilise=True):
         return e / np.where(den > 0, den, np.ones((), z.dtype))
 
 
-def softmax_layer(spec, p, x, causal, mask, logits, *, softmax=True):
-    """y for a softmax variant whose logits (B or 1, h, l, l) are given."""
+def softmax_layer(spec, p, x, causal, mask, logits, *, softmax=True, axis=-1, max_over_all=False,
+                  diagonal=True):
+    """y for a softmax variant whose logits (B or 1, h, l, l) are given; normalised over ``axis``
+    (-1: the keys), the max over allowed keys (``max_over_all``: over every key), a causal row t
+    seeing t' <= t (``diagonal=False``: t' < t)."""
     B, l, d = x.shape
     h = spec.n_heads
     v = _split(_lin(x, p["w_v"], p["b_v"]), h)
-    ok = _allowed(B, l, causal, mask)[:, None]
+    ok = _allowed(B, l, causal, mask, diagonal)[:, None]
     s = np.broadcast_to(logits, (B, h, l, l))
-    P = _normalise(s, ok, -1) if softmax else np.where(ok, s, np.zeros((), s.dtype))
+    if softmax:
+        P = _normalise(s, ok, axis, max_over_all=max_over_all)
+    else:
+        P = np.where(ok, s, np.zeros((), s.dtype))
     return _lin(_merge(P @ v), p["w_o"], p["b_o"])
 
 
 def aft_layer(spec, p, x, causal, mask, w, *, combine="add", stabilise=True, key_max="row",
-              denominator="row", no_sum=False):
+              denominator="row", no_sum=False, diagonal=True):
     """y for a single-group AFT variant with position matrix w (l, l) (None: zeros)."""
     B, l, d = x.shape
     q, k, v = (_lin(x, p[f"w_{n}"], p[f"b_{n}"]) for n in "qkv")
     if w is None:
         w = np.zeros((l, l), x.dtype)
-    ok = _allowed(B, l, causal, mask)[..., None]  # (B, t, t', 1)
+    ok = _allowed(B, l, causal, mask, diagonal)[..., None]  # (B, t, t', 1)
     kk = k[:, None, :, :]  # (B, 1, t', d)
     ww = w[None, :, :, None]  # (1, t, t', 1)
     z = kk * ww if combine == "mul" else kk + ww  # (B, t, t', d)
@@ -216,6 +223,15 @@ def _aft_local_window(spec, p, x, causal, mask, bad):
     return aft_layer(spec, p, x, causal, mask, np.where(near, w, np.zeros((), w.dtype)))
 
 
+def _aft_local_window_off_by_one(spec, p, x, causal, mask, bad):
+    l = x.shape[1]
+    i = np.arange(l)
+    reach = np.abs(i[:, None] - i[None, :])
+    near = reach <= spec.window if bad else reach < spec.window  # bad: one offset too many
+    w = _pos(spec, p, l)
+    return aft_layer(spec, p, x, causal, mask, np.where(near, w, np.zeros((), w.dtype)))
+
+
 def _aft_with_allowed(spec, p, x, w, allowed):
     q, k, v = (_lin(x, p[f"w_{n}"], p[f"b_{n}"]) for n in "qkv")
     z = k[:, None] + w[None, :, :, None]
@@ -236,6 +252,28 @@ def _aft_simple_no_sum(spec, p, x, causal, mask, bad):
     return aft_layer(spec, p, x, causal, mask, None, no_sum=bad)
 
 
+def _synth_logits(spec, p, x):
+    """The (B or 1, h, l, l) logits of the dense or random synthesizer."""
+    l = x.shape[1]
+    if spec.variant == "dense":
+        return (_dense_hidden(p, x) @ p["w_2"][None] + p["b_2"][None, :, None, :])[..., :l]
+    return p["r"][None, :, :l, :l]
+
+
+def _max_over_masked(spec, p, x, causal, mask, bad):
+    return softmax_layer(spec, p, x, causal, mask, _synth_logits(spec, p, x), max_over_all=bad)
+
+
+def _random_softmax_over_queries(spec, p, x, causal, mask, bad):
+    return softmax_layer(spec, p, x, causal, mask, _synth_logits(spec, p, x), axis=-2 if bad else -1)
+
+
+def _causal_without_diagonal(spec, p, x, causal, mask, bad):
+    if spec.family == "aft":
+        return aft_layer(spec, p, x, causal, mask, _pos(spec, p, x.shape[1]), diagonal=not bad)
+    return softmax_layer(spec, p, x, causal, mask, _synth_logits(spec, p, x), diagonal=not bad)
+
+
 # --- wrappers of the reference that corrupt what it is given ----------------------------------
 
 
@@ -252,6 +290,32 @@ def _mask_ignored(spec, p, x, causal, mask, bad):
 def _r_off_by_one(spec, p, x, causal, mask, bad):
     if bad:  # reads R one row down: r[:, 1:l+1] instead of r[:, :l] (wrapping at the end)
         p = dict(p, r=np.roll(p["r"], -1, axis=1))
+    return sr.apply(spec, p, x, causal=causal, key_padding_mask=mask)
+
+
+def _mask_inverted(spec, p, x, causal, mask, bad):
+    if bad and mask is not None:  # True read as "padding" where the spec says "a real key"
+        mask = ~mask
+    return sr.apply(spec, p, x, causal=causal, key_padding_mask=mask)
+
+
+def _empty_rows_uniform(spec, p, x, causal, mask, bad):
+    y = sr.apply(spec, p, x, causal=causal, key_padding_mask=mask)
+    if not bad:
+        return y
+    # an additive -1e9 mask: a row with no allowed key has every logit at about -1e9, so its
+    # softmax is the uniform average over all l keys instead of the spec's empty sum (0)
+    B, l, _ = x.shape
+    empty = ~_allowed(B, l, causal, mask).any(axis=-1)  # (B, l)
+    mean_v = _lin(x, p["w_v"], p["b_v"]).mean(axis=1, keepdims=True)  # (B, 1, d)
+    uniform = np.broadcast_to(_lin(mean_v, p["w_o"], p["b_o"]), y.shape)
+    return np.where(empty[..., None], uniform, y)
+
+
+def _conv_kernel_flipped(spec, p, x, causal, mask, bad):
+    if bad:  # true convolution where the spec indexes w'[t, t'] = w[t' - t + c]: taps reversed
+        spatial = tuple(range(1, p["conv_w"].ndim))
+        p = dict(p, conv_w=np.flip(p["conv_w"], axis=spatial))
     return sr.apply(spec, p, x, causal=causal, key_padding_mask=mask)
 
 
@@ -319,6 +383,32 @@ DEFECTS = {
     "aft-simple-no-sum": (
         "never sums over positions",
         ("aft_simple",), _aft_simple_no_sum, "ComVEX"),
+    # classic slips of hand-written and fused kernels
+    "softmax-max-over-masked-keys": (
+        "takes each row's max over every key, masked and future ones included: the visible terms "
+        "underflow when a hidden key's logit is far larger",
+        ("dense", "random"), _max_over_masked, "(the softmax form of labml's AFT slip)"),
+    "random-softmax-over-queries": (
+        "normalises R over the query axis instead of the key axis",
+        ("random",), _random_softmax_over_queries, "(a classic slip: softmax(R, dim=0))"),
+    "causal-mask-excludes-diagonal": (
+        "the causal mask hides t' = t as well (strict lower triangle): row 0 sees nothing",
+        ("dense", "random", "aft_full"), _causal_without_diagonal, "(a classic slip: tril(k=-1))"),
+    "mask-polarity-inverted": (
+        "reads key_padding_mask's True as padding, where the spec's True is a real key",
+        _SOFTMAX + ("aft_full", "aft_simple", "aft_local", "aft_conv"), _mask_inverted,
+        "(a classic slip: PyTorch's nn.MultiheadAttention uses the opposite convention)"),
+    "empty-rows-uniform": (
+        "a row with no allowed key gives the mean of V over all keys (an additive -1e9 mask) "
+        "instead of the spec's 0",
+        _SOFTMAX, _empty_rows_uniform, "(additive masks; jax.nn.dot_product_attention)"),
+    "aft-local-window-off-by-one": (
+        "keeps |t - t'| <= s where the spec keeps |t - t'| < s",
+        ("aft_local",), _aft_local_window_off_by_one, "(a classic slip)"),
+    "aft-conv-kernel-flipped": (
+        "applies the kernel as a true convolution (taps reversed) where the spec indexes "
+        "w'[t, t'] = w[t' - t + c]",
+        ("aft_conv",), _conv_kernel_flipped, "(a classic slip: convolution vs correlation)"),
 }
 
 

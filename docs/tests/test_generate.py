@@ -264,3 +264,18 @@ def test_jax_paths_table_needs_no_jax():
     assert out.stdout.strip() == jax_paths_page.render().strip()
     # header, rule, one row per variant and a second mixture row
     assert out.stdout.count("\n| ") == len(sr.VARIANTS) + 3
+
+
+def test_teeth_table_lists_every_wrong_adapter_the_teeth_tests_run():
+    """One row per entry of wrong_adapters.DEFECTS plus the untrained-R adapter, read from the module
+    (loaded from its file: ``conformance`` is the repository's test package, not installed)."""
+    from synth_docs import teeth_page
+
+    module = teeth_page.load()
+    text = teeth_page.render()
+    names = [*module.DEFECTS, module.RNotTrained.name]
+    for name in names:
+        assert f"| {md.code(name)} |" in text, name
+    assert text.count("\n|") == len(names) + 2  # header, rule, one row each
+    defect, variants, _, source = module.DEFECTS["mask-polarity-inverted"]
+    assert md.text(defect) in text and md.text(source) in text

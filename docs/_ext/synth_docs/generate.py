@@ -8,7 +8,16 @@ from pathlib import Path
 
 import synth_ref as sr
 
-from . import api_page, benchmarks_page, conformance_report, heatmap, jax_paths_page, samples, variant_page
+from . import (
+    api_page,
+    benchmarks_page,
+    conformance_report,
+    heatmap,
+    jax_paths_page,
+    samples,
+    teeth_page,
+    variant_page,
+)
 from . import markdown as md
 
 
@@ -59,6 +68,7 @@ def generate(out: Path, warn=print) -> dict:
     t0 = time.perf_counter()
     write_if_changed(out / "conformance_matrix.md", "\n".join(conformance_report.matrix_section(report)))
     write_if_changed(out / "tolerances.md", "\n".join(conformance_report.tolerance_section()))
+    write_if_changed(out / "teeth.md", teeth_page.render())
     timings["conformance"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
