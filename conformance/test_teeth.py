@@ -30,15 +30,7 @@ def _run(adapter, kinds=("forward", "gradient")):
 @pytest.mark.parametrize("name", list(W.DEFECTS))
 def test_suite_catches_defect(name, request):
     bad = W.make(name)
-    outcomes = _run(bad)
-    caught = [o for o in outcomes if o.blame == "adapter"]
-    first = caught[0].message() if caught else "(nothing)"
-    print(f"{name} ({bad.source}: {bad.defect}): caught by {len(caught)} of {len(outcomes)} checks")
-    print(f"first failing check: {first}")
-    request.node.user_properties.append(
-        ("conformance_teeth", (name, len(caught), len(outcomes), _short(first)))
-    )
-    assert caught, f"the suite did not catch {name}: {bad.defect}"
+    _caught(bad, _run(bad), request)
 
 
 @pytest.mark.parametrize("name", list(W.DEFECTS))
@@ -49,23 +41,37 @@ def test_control_twin_passes(name):
     assert not bad, "\n".join(o.message() for o in bad[:3])
 
 
+def _caught(bad, outcomes, request):
+    """The failing checks of a wrong adapter's run, printed and recorded for the summary; asserts
+    there is at least one."""
+    caught = [o for o in outcomes if o.blame == "adapter"]
+    first = caught[0].message() if caught else "(nothing)"
+    print(f"{bad.name} ({bad.source}: {bad.defect}): caught by {len(caught)} of {len(outcomes)} checks")
+    print(f"first failing check: {first}")
+    request.node.user_properties.append(
+        ("conformance_teeth", (bad.name, len(caught), len(outcomes), _short(first)))
+    )
+    assert caught, f"the suite did not catch {bad.name}: {bad.defect}"
+    return caught
+
+
 def _short(message: str) -> str:
     """The first failure in one line: the check and case, then what was off."""
     lines = [ln.strip() for ln in message.splitlines() if not ln.strip().startswith("reproduce")]
     return " | ".join(lines[:3])
 
 
-def test_suite_catches_untrained_r(request):
+@pytest.mark.parametrize("name", list(W.VJP_DEFECTS))
+def test_suite_catches_wrong_backward(name, request):
+    """Backward-pass defects on the torch adapter: caught by gradient checks only (its forward is
+    right), and the control twin passes."""
     pytest.importorskip("torch")
-    outcomes = _run(W.RNotTrained())
-    caught = [o for o in outcomes if o.blame == "adapter"]
-    assert caught and all(o.kind == "gradient" for o in caught)
-    assert caught[0].worst == "r", caught[0].message()
-    print(caught[0].message())
-    request.node.user_properties.append(
-        ("conformance_teeth", (W.RNotTrained.name, len(caught), len(outcomes), _short(caught[0].message())))
-    )
-    assert not [o for o in _run(W.RNotTrained(enabled=False)) if not o.ok]
+    bad = W.WrongVjp(name)
+    caught = _caught(bad, _run(bad, kinds=("gradient",)), request)
+    if name == "random-r-not-a-parameter":
+        assert caught[0].worst == "r", caught[0].message()
+    control = [o for o in _run(W.WrongVjp(name, enabled=False), kinds=("gradient",)) if not o.ok]
+    assert not control, "\n".join(o.message() for o in control[:3])
 
 
 def test_grid_reaches_the_sizes_defects_need():

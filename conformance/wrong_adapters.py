@@ -417,22 +417,51 @@ def make(name: str, enabled: bool = True) -> WrongAdapter:
     return WrongAdapter(name, defect, variants, forward, source, enabled)
 
 
-class RNotTrained:
-    """torch adapter whose vjp returns no gradient for R (R a plain tensor, not a parameter)."""
+def _r_not_trained(vjp, spec, params, x, dy, causal, mask):
+    dx, dp = vjp(spec, params, x, dy, causal=causal, key_padding_mask=mask)
+    return dx, ({**dp, "r": dp["r"] * 0} if "r" in dp else dp)
 
-    name = "random-r-not-a-parameter"
-    defect = "R is a plain tensor, not a parameter: its gradient is never produced"
-    variants = ("random",)
-    source = "a PyTorch reimplementation"
 
-    def __init__(self, enabled=True):
+def _backward_without_mask(vjp, spec, params, x, dy, causal, mask):
+    return vjp(spec, params, x, dy, causal=causal, key_padding_mask=None)
+
+
+def _backward_without_causal(vjp, spec, params, x, dy, causal, mask):
+    return vjp(spec, params, x, dy, causal=False, key_padding_mask=mask)
+
+
+#: name -> (defect, variants it affects, vjp(torch vjp, spec, params, x, dy, causal, mask), where
+#: seen): backward-pass defects, on the torch adapter (the forward stays right).
+VJP_DEFECTS = {
+    "random-r-not-a-parameter": (
+        "R is a plain tensor, not a parameter: its gradient is never produced",
+        ("random",), _r_not_trained, "a PyTorch reimplementation"),
+    "backward-drops-key-padding-mask": (
+        "the backward pass recomputes P without the key padding mask: padded keys get gradient",
+        ("dense", "random", "aft_full", "aft_simple"), _backward_without_mask,
+        "(a classic slip of hand-written and fused backward passes)"),
+    "backward-drops-causal-mask": (
+        "the backward pass recomputes P without the causal mask: future keys get gradient",
+        ("dense", "aft_full", "aft_local"), _backward_without_causal,
+        "(a classic slip of hand-written and fused backward passes)"),
+}
+
+
+class WrongVjp:
+    """The torch adapter with a wrong backward pass (``VJP_DEFECTS``); its forward is right."""
+
+    dtypes = ("float64", "float32")
+
+    def __init__(self, name, enabled=True):
         from synth_ref.backends.torch import TorchAdapter
 
+        self.defect, self.variants, self._vjp, self.source = VJP_DEFECTS[name]
         self._t = TorchAdapter()
-        self.dtypes = ("float64", "float32")
         self.enabled = enabled
-        if not enabled:
-            self.name += "-control"
+        self.name = name if enabled else f"{name}-control"
+
+    def __repr__(self):
+        return f"WrongVjp({self.name})"
 
     def available(self):
         return self._t.available()
@@ -447,10 +476,9 @@ class RNotTrained:
         return self._t.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
-        dx, dp = self._t.vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask)
-        if self.enabled and "r" in dp:
-            dp["r"] = dp["r"] * 0
-        return dx, dp
+        if self.enabled and spec.variant in self.variants:
+            return self._vjp(self._t.vjp, spec, params, x, dy, causal, key_padding_mask)
+        return self._t.vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask)
 
 
 #: For ``--adapter conformance.wrong_adapters:RANDOM_SOFTMAX_SKIPPED`` (the CLI test).

@@ -267,13 +267,13 @@ def test_jax_paths_table_needs_no_jax():
 
 
 def test_teeth_table_lists_every_wrong_adapter_the_teeth_tests_run():
-    """One row per entry of wrong_adapters.DEFECTS plus the untrained-R adapter, read from the module
+    """One row per entry of wrong_adapters.DEFECTS and VJP_DEFECTS, read from the module
     (loaded from its file: ``conformance`` is the repository's test package, not installed)."""
     from synth_docs import teeth_page
 
     module = teeth_page.load()
     text = teeth_page.render()
-    names = [*module.DEFECTS, module.RNotTrained.name]
+    names = [*module.DEFECTS, *module.VJP_DEFECTS]
     for name in names:
         assert f"| {md.code(name)} |" in text, name
     assert text.count("\n|") == len(names) + 2  # header, rule, one row each
