@@ -69,3 +69,47 @@ def test_a_complete_run_is_not_marked_and_a_failure_outranks_incomplete():
     bad = R.backend_entry("b", None, True, "", [rec, {**rec, "status": "fail", "ratio": 3.0}], "ci", 1.0,
                           {"recorded": 2, "planned": 10, "why": "stopped"})
     assert R.verdict(bad) == "fail"
+
+
+# Kills the xdist worker (like a segfault) at the first float32 forward check and at the first
+# Hypothesis-drawn check: each once (a flag file), so the replacement worker goes on.
+CRASHER = """
+import os
+from pathlib import Path
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    for key, hit in (("grid", "float32" in item.name and item.originalname == "test_forward"),
+                     ("drawn", item.originalname == "test_drawn")):
+        flag = Path(os.environ["CRASH_DIR"]) / key
+        if hit and hasattr(item.config, "workerinput") and not flag.exists():
+            flag.write_text(item.nodeid)
+            os._exit(11)
+"""
+
+
+def test_a_check_whose_process_dies_is_an_error_not_a_silent_gap(tmp_path):
+    """A crashed xdist worker's check records no outcome; without the plugin's handling the report
+    would count only the checks that finished and read pass.  The grid check becomes an error of its
+    cell (verdict fail); the drawn one, which names no grid case, marks the run incomplete."""
+    (tmp_path / "crasher.py").write_text(CRASHER)
+    report = tmp_path / "r.json"
+    env = {**os.environ, "CRASH_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "synth_ref.conformance", "--backend", "numpy",
+                          "--report", str(report), "--variant", "aft_simple", "-n", "1", "--",
+                          "-p", "crasher", "-k", "test_forward or test_drawn"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 1, out
+    crashed = (tmp_path / "grid").read_text()
+    assert "crashed" in run.stdout, out  # xdist's own report of it
+    entry = json.loads(report.read_text())["backends"]["numpy"]
+    assert entry["counts"]["error"] == 1 and entry["counts"]["fail"] == 0, entry["counts"]
+    (err,) = entry["failures"]
+    assert err["status"] == "error" and err["dtype"] == "float32" and err["kind"] == "forward"
+    assert crashed.endswith(f"-{err['case']}-float32]") and "without a result" in err["detail"]
+    assert R.verdict(entry) == "fail"
+    assert "1 checks ended without a result" in entry["partial"]["why"]
+    assert (tmp_path / "drawn").read_text() in entry["partial"]["why"]

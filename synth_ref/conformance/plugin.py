@@ -17,6 +17,7 @@ import pytest
 from .. import backends
 from ..backends import has_vjp
 from . import cases as C
+from . import check as K
 from . import gold as G
 from . import report as R
 
@@ -135,6 +136,8 @@ class Session:
         self.written = None
         self.planned = None  # checks collected (the controller's count under xdist)
         self.last_snapshot = time.monotonic()
+        self.lost: list[str] = []  # node ids of checks that ended without a result and map to no case
+        self._ids = None
 
     def pytest_generate_tests(self, metafunc):
         names = metafunc.fixturenames
@@ -180,6 +183,8 @@ class Session:
 
     def pytest_runtest_logreport(self, report):
         # on the controller this also sees xdist workers' reports
+        if report.failed and not hasattr(self.config, "workerinput"):
+            self._unrecorded(report)
         if report.when != "call":
             return
         for key, value in report.user_properties:
@@ -194,6 +199,42 @@ class Session:
                 and time.monotonic() - self.last_snapshot >= SNAPSHOT_EVERY):
             self.snapshot("stopped before its end: a time limit or a crash")
 
+    def _unrecorded(self, report) -> None:
+        """A suite check that failed without recording its outcome: its process died (xdist reports
+        a crashed worker's test with ``when == "???"``: a segfault, an abort, a CUDA context lost)
+        or the harness itself raised.  Without this the report would miss the check and could read
+        pass; it becomes an error record of its cell, or, where the node id names no grid case (a
+        Hypothesis-drawn check), marks the run incomplete."""
+        if any(key == "conformance" for key, _ in report.user_properties):
+            return
+        name, _, param = report.nodeid.partition("::")[2].partition("[")
+        if name not in ("test_forward", "test_gradient", "test_drawn"):
+            return
+        param = param[:-1]
+        line = str(report.longrepr).strip().splitlines()
+        detail = f"the check ended without a result ({report.when}): {line[-1] if line else '?'}"
+        for t in self.targets:
+            if not (t.ok and (param == t.label or param.startswith(t.label + "-"))):
+                continue
+            found = self._grid_ids().get(param[len(t.label) + 1:]) if name != "test_drawn" else None
+            if found is None:
+                self.lost.append(report.nodeid)
+                return
+            case, dtype = found
+            kind = "forward" if name == "test_forward" else "gradient"
+            self.records.append(K.Outcome(t.adapter.name, case.variant, dtype, kind, case.id, "error",
+                                          detail=detail, reproduce=case.describe(),
+                                          blame="adapter").to_dict())
+            self.ran_suite = True
+            return
+
+    def _grid_ids(self) -> dict:
+        """Test id suffix ("<case id>-<dtype>") -> (case, dtype), as pytest_generate_tests makes them."""
+        if self._ids is None:
+            self._ids = {f"{c.id}-{d}": (c, d) for c in C.grid(self.profile, self.variants)
+                         for d in set(c.dtypes) | set(c.grad_dtypes)}
+        return self._ids
+
     def snapshot(self, why: str) -> None:
         """Write what has been checked so far, marked incomplete (see SNAPSHOT_EVERY)."""
         self.written = R.write(self.report, self.entries(why), self.gold_check)
@@ -203,12 +244,12 @@ class Session:
         """One report entry per target; ``incomplete``: why the run has not reached its end."""
         out = []
         seconds = time.time() - self.started
+        lost = self.lost and f"{len(self.lost)} checks ended without a result (first: {self.lost[0]})"
         for t in self.targets:
             name = t.adapter.name if t.adapter is not None else t.label
             recs = [r for r in self.records if r["backend"] == name]
-            partial = None
-            if incomplete and t.ok:
-                partial = {"recorded": len(recs), "planned": self.planned, "why": incomplete}
+            why = "; ".join(w for w in (incomplete, lost) if w)
+            partial = {"recorded": len(recs), "planned": self.planned, "why": why} if why and t.ok else None
             if not t.ok or recs:
                 out.append(R.backend_entry(name, t.adapter, t.ok, t.reason, recs, self.profile, seconds,
                                            partial))
