@@ -149,15 +149,16 @@ def test_variant_filter_keeps_seeds():
 @pytest.mark.parametrize("profile", ["ci", "kernels"])
 def test_deep_finds_are_the_deep_profiles_own_cases(profile):
     """The regression cases that end the ci and kernels grids (cases._DEEP_FINDS) are cases of the
-    deep grid, id for id (so the same inputs: make_inputs seeds from the id), checked in float32; a
+    deep grid, id for id (so the same inputs: make_inputs seeds from the id), checked in their dtype; a
     change to the deep grid that moved them would fail here rather than quietly check other inputs."""
     deep = {c.id: c for c in C.grid("deep")}
     tail = C.grid(profile)[-len(C._DEEP_FINDS):]
-    assert [c.seed for c in tail] == [row[-1] for row in C._DEEP_FINDS]
+    assert [c.seed for c in tail] == [row[-2] for row in C._DEEP_FINDS]
     for c, row in zip(tail, C._DEEP_FINDS, strict=True):
         assert c.id in deep and deep[c.id].seed == c.seed, c.id
-        assert (c.variant, c.causal, c.values, c.grad_dtypes) == (row[0], row[4], row[6], ("float32",))
-        assert np.array_equal(C.make_inputs(c, "float32").x, C.make_inputs(deep[c.id], "float32").x)
+        assert (c.variant, c.causal, c.values, c.grad_dtypes) == (row[0], row[4], row[6], (row[-1],))
+        dtype = row[-1]
+        assert np.array_equal(C.make_inputs(c, dtype).x, C.make_inputs(deep[c.id], dtype).x)
 
 
 def test_grid_covers_every_option_and_size():

@@ -13,7 +13,7 @@ import numpy as np
 from synth_ref.conformance import cases, check
 
 #: The deep-grid AFT case on which the Triton and Pallas AFT kernels' dV was 30x the reference's
-#: float32 error (P recomputed as exp(z - lse) with lse ~ 70): cases._DEEP_FINDS' last row.
+#: float32 error (P recomputed as exp(z - lse) with lse ~ 70): the opposed row of cases._DEEP_FINDS.
 AFT_LSE_CASE = next(c for c in cases.grid("ci")[-len(cases._DEEP_FINDS):] if c.values == "opposed")
 
 

@@ -46,7 +46,7 @@ def _cases(dtype):
         (_random._fwd, rand, set(), nw),
         (_random._bwd_dv, rand, set(), nw),
         (_random._bwd_dr, rand, set(), nw),
-        (_flash._fwd, flash, set(), nw),
+        (_flash._fwd, flash, {"o_ptr"}, nw),  # O unrounded in float32 (_flash.EXACT_DELTA)
         (_flash._bwd_delta, flash, set(), nw),  # float32 and float64 only (EXACT_DELTA)
         (_flash._bwd_dkv, flash, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
         (_flash._bwd_dq, flash, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw),
@@ -64,7 +64,7 @@ def _cases(dtype):
         (_aft_window._bwd_dkv_win, dict(win, CAUSAL=False), scans, 4),
         (_aft_window._bwd_dw_win, dict(win, DIAG=False), {"dwb_ptr"}, 4),
         (_aft_window._bwd_dw_win, dict(win, DIAG=True), {"dwb_ptr"}, 4),
-    ] + ([(_flash._fwd, fdense, set(), nw),
+    ] + ([(_flash._fwd, fdense, {"o_ptr"}, nw),
           (_flash._bwd_dkv, fdense, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
           (_flash._bwd_dq, fdense, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw)] if dtype == "bf16" else [])
 
@@ -81,7 +81,7 @@ def _signature(kernel, dtype, consts, fp32_ptrs):
             sig[name] = "*i8"
         elif name == "bad_ptr":  # the AFT forward's flag: some tile failed its check
             sig[name] = "*i32"
-        elif name in ("lse_ptr", "delta_ptr") or name in fp32_ptrs:
+        elif name in ("lse_ptr", "delta_ptr", "stats_ptr") or name in fp32_ptrs:
             sig[name] = "*fp32"
         elif name.endswith("_ptr"):
             sig[name] = "*" + dtype

@@ -391,7 +391,7 @@ def _forward(ins, *, causal, bq, bk, interpret):
         in_specs=in_specs,
         out_specs=[_row_spec(bq, e, order, lambda b, hh, i, j: i)]
         + [_row_spec(bq, 1, order, lambda b, hh, i, j: i)] * 2,
-        out_shape=[jax.ShapeDtypeStruct((B, h, lp, e), ins.v.dtype)]
+        out_shape=[jax.ShapeDtypeStruct((B, h, lp, e), acc)]  # O unrounded: see EXACT_DELTA
         + [jax.ShapeDtypeStruct((B, h, lp, 1), acc)] * 2,
         scratch_shapes=[pltpu.VMEM((bq, 1), acc), pltpu.VMEM((bq, 1), acc),
                         pltpu.VMEM((bq, e), acc)],
@@ -407,9 +407,13 @@ def _forward(ins, *, causal, bq, bk, interpret):
 #: saturated softmax, where dS is ~0) rowsum(dO * O) leaves an error of one rounding of dP in dS that
 #: the logits' inputs then multiply (the conformance suite's deep ``large`` regime: float32 gradients
 #: of factorized_dense's w_1 off by 3.5x its tolerance).  From the same dP values, as the eager
-#: softmax backward has them, the error cancels.  bfloat16 and float16 keep the cheaper form: their
-#: own rounding (2^-8, 2^-11) is far above this float32 one.  The torch adapter's Triton kernels make
-#: the same choice (``torch_triton._flash.EXACT_DELTA``).
+#: softmax backward has them, the error cancels.  bfloat16 and float16 keep the cheaper form, with O
+#: as the kernel accumulated it (the forward writes O in the accumulator dtype and rounds it to the
+#: input dtype outside, keeping the unrounded O for the backward): the output's own rounding (2^-8 in
+#: bfloat16) in dS put bfloat16 gradients of factorized_dense's b_1 at 1.35x their tolerance on a
+#: deep ``large`` case (all_but_one mask, s290); from the float32 O, 0.15x, the same as the exact
+#: form, for one more float32 write of O instead of a pass over the keys.  The torch adapter's
+#: Triton kernels make the same choices (``torch_triton._flash.EXACT_DELTA``).
 EXACT_DELTA = (jnp.float32, jnp.float64)
 
 
@@ -522,12 +526,12 @@ def _backward(ins, o, m, inv, do, *, causal, bq, bk, interpret):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _core(ins, causal, bq, bk, interpret):
-    return _forward(ins, causal=causal, bq=bq, bk=bk, interpret=interpret)[0]
+    return _forward(ins, causal=causal, bq=bq, bk=bk, interpret=interpret)[0].astype(ins.v.dtype)
 
 
 def _core_fwd(ins, causal, bq, bk, interpret):
     o, m, inv = _forward(ins, causal=causal, bq=bq, bk=bk, interpret=interpret)
-    return o, (ins, o, m, inv)
+    return o.astype(ins.v.dtype), (ins, o, m, inv)
 
 
 def _reduce_to(g, like):

@@ -8,7 +8,7 @@ this module is imported.
 
 ``torch-triton-interpret`` is how CI certifies the kernels without a GPU: it needs
 ``TRITON_INTERPRET=1`` in the environment before anything imports triton (nox sets it), claims the
-interpreter path's dtypes (float64, float32), and raises if a case that a kernel covers ran the
+interpreter path's dtypes (float64, float32, float16), and raises if a case that a kernel covers ran the
 reference instead -- so a pass of that backend is a pass of the kernels, not of the fallback.
 """
 

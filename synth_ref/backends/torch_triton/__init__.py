@@ -24,8 +24,12 @@ KERNEL_MODES = ("auto", "never", "always")
 
 #: dtypes the kernels take on a GPU (float64 GEMMs have no tensor-core path: the reference serves it).
 GPU_DTYPES = ("float32", "float16", "bfloat16")
-#: dtypes the CPU interpreter path takes: the tests' gold dtype and float32.
-INTERPRETER_DTYPES = ("float64", "float32")
+#: dtypes the CPU interpreter path takes: the tests' gold dtype, float32 and float16 (NumPy's half,
+#: so the half-precision code paths -- P cast to the value dtype, O kept in float32 for the backward
+#: -- run too).  Not bfloat16: the interpreter's bfloat16 gives garbage (errors ~1e12 on a case the
+#: float16 run passes), so its kernels are only compile-checked here (tests/test_torch_kernels_sm90.py)
+#: and run on a GPU.
+INTERPRETER_DTYPES = ("float64", "float32", "float16")
 
 
 def kernel_name(spec) -> str | None:
