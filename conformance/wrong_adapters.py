@@ -335,6 +335,7 @@ def _conv_joint_norm(spec, p, x, causal, mask, bad):
 
 
 _SOFTMAX = ("dot_product", "dense", "random", "factorized_dense", "factorized_random", "mixture")
+_MASKED = _SOFTMAX + ("aft_full", "aft_simple", "aft_local", "aft_conv")  # those that take a mask
 
 #: name -> (defect, variants it affects, forward, where it was seen)
 DEFECTS = {
@@ -367,7 +368,7 @@ DEFECTS = {
         ("aft_conv",), _conv_joint_norm, "ComVEX"),
     "mask-ignored": (
         "ignores key_padding_mask",
-        _SOFTMAX + ("aft_full", "aft_simple", "aft_local", "aft_conv"), _mask_ignored,
+        _MASKED, _mask_ignored,
         "Long Range Arena (masks only with dot-product attention)"),
     "random-r-off-by-one": (
         "slices R one row off (r[:, 1:l+1] for r[:, :l])",
@@ -396,7 +397,7 @@ DEFECTS = {
         ("dense", "random", "aft_full"), _causal_without_diagonal, "(a classic slip: tril(k=-1))"),
     "mask-polarity-inverted": (
         "reads key_padding_mask's True as padding, where the spec's True is a real key",
-        _SOFTMAX + ("aft_full", "aft_simple", "aft_local", "aft_conv"), _mask_inverted,
+        _MASKED, _mask_inverted,
         "(a classic slip: PyTorch's nn.MultiheadAttention uses the opposite convention)"),
     "empty-rows-uniform": (
         "a row with no allowed key gives the mean of V over all keys (an additive -1e9 mask) "
