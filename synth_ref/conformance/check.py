@@ -31,7 +31,8 @@ class Outcome:
     detail: str = ""
     reproduce: str = ""
     ref: str = ""  # where ref_dtype ran
-    blame: str = ""  # for fail/error: "adapter", or "reference" when gold itself could not be computed
+    blame: str = ""  # for fail/error: "adapter", "reference" when gold itself could not be computed,
+    # or "harness" when a check failed without recording an outcome outside a process crash (plugin)
 
     @property
     def ok(self) -> bool:

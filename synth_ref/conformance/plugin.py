@@ -213,7 +213,8 @@ class Session:
         param = param[:-1]
         line = str(report.longrepr).strip().splitlines()
         detail = f"the check ended without a result ({report.when}): {line[-1] if line else '?'}"
-        for t in self.targets:
+        # the longest label first: "torch-cuda-<case>" must not be read as target "torch"
+        for t in sorted(self.targets, key=lambda t: -len(t.label)):
             if not (t.ok and (param == t.label or param.startswith(t.label + "-"))):
                 continue
             found = self._grid_ids().get(param[len(t.label) + 1:]) if name != "test_drawn" else None
@@ -224,7 +225,7 @@ class Session:
             kind = "forward" if name == "test_forward" else "gradient"
             self.records.append(K.Outcome(t.adapter.name, case.variant, dtype, kind, case.id, "error",
                                           detail=detail, reproduce=case.describe(),
-                                          blame="adapter").to_dict())
+                                          blame="adapter" if report.when == "???" else "harness").to_dict())
             self.ran_suite = True
             return
 
