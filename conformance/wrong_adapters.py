@@ -126,9 +126,11 @@ def aft_layer(spec, p, x, causal, mask, w, *, combine="add", stabilise=True, key
     return _lin(_sigmoid(q) * mixed, p["w_o"], p["b_o"])
 
 
-def _dense_hidden(p, x):
+def _dense_logits(p, x):
+    """The dense synthesizer's logits over all max_len columns, (B, h, l, L)."""
     hid = x[:, None] @ p["w_1"][None] + p["b_1"][None, :, None, :]
-    return np.maximum(hid, np.zeros((), x.dtype))  # (B, h, l, e)
+    hid = np.maximum(hid, np.zeros((), x.dtype))  # (B, h, l, e)
+    return hid @ p["w_2"][None] + p["b_2"][None, :, None, :]
 
 
 def _pos(spec, p, l):
@@ -178,8 +180,8 @@ class WrongAdapter:
 
 def _dense_reshape(spec, p, x, causal, mask, bad):
     B, l, _ = x.shape
-    s = _dense_hidden(p, x) @ p["w_2"][None] + p["b_2"][None, :, None, :]  # (B, h, l, L)
-    blhL = s.transpose(0, 2, 1, 3)  # the (batch, length, heads, max_len) layout LRA builds
+    # the (batch, length, heads, max_len) layout LRA builds
+    blhL = _dense_logits(p, x).transpose(0, 2, 1, 3)
     s = blhL.reshape(B, spec.n_heads, l, -1) if bad else blhL.transpose(0, 2, 1, 3)
     return softmax_layer(spec, p, x, causal, mask, s[..., :l])
 
@@ -195,8 +197,7 @@ def _factorized_wrong_axis(spec, p, x, causal, mask, bad):
 
 
 def _random_no_softmax(spec, p, x, causal, mask, bad):
-    l = x.shape[1]
-    return softmax_layer(spec, p, x, causal, mask, p["r"][None, :, :l, :l], softmax=not bad)
+    return softmax_layer(spec, p, x, causal, mask, _synth_logits(spec, p, x), softmax=not bad)
 
 
 def _aft_full_k_times_w(spec, p, x, causal, mask, bad):
@@ -211,25 +212,28 @@ def _aft_causal_denominator(spec, p, x, causal, mask, bad):
     return aft_layer(spec, p, x, causal, mask, None, denominator="own_prefix" if bad else "row")
 
 
+def _local_bias(spec, p, l, inclusive=False):
+    """AFT-local's w' (w inside the window |t - t'| < s, 0 outside) and the window; ``inclusive``:
+    |t - t'| <= s (a slip)."""
+    i = np.arange(l)
+    reach = np.abs(i[:, None] - i[None, :])
+    near = reach <= spec.window if inclusive else reach < spec.window
+    w = _pos(spec, p, l)
+    return np.where(near, w, np.zeros((), w.dtype)), near
+
+
 def _aft_local_window(spec, p, x, causal, mask, bad):
     l = x.shape[1]
-    i = np.arange(l)
-    near = np.abs(i[:, None] - i[None, :]) < spec.window
-    w = _pos(spec, p, l)
+    w, near = _local_bias(spec, p, l)
     if bad:  # -inf outside the window: far tokens are dropped instead of weighted by exp(K)
         mask_far = np.broadcast_to(near, (x.shape[0], l, l))
         allowed = _allowed(x.shape[0], l, causal, mask) & mask_far
-        return _aft_with_allowed(spec, p, x, np.where(near, w, 0), allowed)
-    return aft_layer(spec, p, x, causal, mask, np.where(near, w, np.zeros((), w.dtype)))
+        return _aft_with_allowed(spec, p, x, w, allowed)
+    return aft_layer(spec, p, x, causal, mask, w)
 
 
 def _aft_local_window_off_by_one(spec, p, x, causal, mask, bad):
-    l = x.shape[1]
-    i = np.arange(l)
-    reach = np.abs(i[:, None] - i[None, :])
-    near = reach <= spec.window if bad else reach < spec.window  # bad: one offset too many
-    w = _pos(spec, p, l)
-    return aft_layer(spec, p, x, causal, mask, np.where(near, w, np.zeros((), w.dtype)))
+    return aft_layer(spec, p, x, causal, mask, _local_bias(spec, p, x.shape[1], inclusive=bad)[0])
 
 
 def _aft_with_allowed(spec, p, x, w, allowed):
@@ -255,9 +259,7 @@ def _aft_simple_no_sum(spec, p, x, causal, mask, bad):
 def _synth_logits(spec, p, x):
     """The (B or 1, h, l, l) logits of the dense or random synthesizer."""
     l = x.shape[1]
-    if spec.variant == "dense":
-        return (_dense_hidden(p, x) @ p["w_2"][None] + p["b_2"][None, :, None, :])[..., :l]
-    return p["r"][None, :, :l, :l]
+    return _dense_logits(p, x)[..., :l] if spec.variant == "dense" else p["r"][None, :, :l, :l]
 
 
 def _max_over_masked(spec, p, x, causal, mask, bad):

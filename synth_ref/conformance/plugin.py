@@ -112,6 +112,11 @@ def pytest_configure(config):
         pass
 
 
+def _check_id(case, dtype) -> str:
+    """The id of a grid check after its target's label: "<case id>-<dtype>"."""
+    return f"{case.id}-{dtype}"
+
+
 def record(item, outcome) -> None:
     """Attach one check's outcome to the running test (picked up by the report)."""
     item.user_properties.append(("conformance", outcome.to_dict()))
@@ -148,7 +153,7 @@ class Session:
             grid = C.grid(self.profile, self.variants)
             pairs = [(c, d) for c in grid for d in (c.grad_dtypes if grad else c.dtypes)]
             metafunc.parametrize(
-                "grid_case,conformance_dtype", pairs, ids=[f"{c.id}-{d}" for c, d in pairs]
+                "grid_case,conformance_dtype", pairs, ids=[_check_id(c, d) for c, d in pairs]
             )
         if "fd_case" in names:
             fd = [c for c in C.finite_difference_cases()
@@ -232,7 +237,7 @@ class Session:
     def _grid_ids(self) -> dict:
         """Test id suffix ("<case id>-<dtype>") -> (case, dtype), as pytest_generate_tests makes them."""
         if self._ids is None:
-            self._ids = {f"{c.id}-{d}": (c, d) for c in C.grid(self.profile, self.variants)
+            self._ids = {_check_id(c, d): (c, d) for c in C.grid(self.profile, self.variants)
                          for d in set(c.dtypes) | set(c.grad_dtypes)}
         return self._ids
 
