@@ -7,7 +7,7 @@ is coerced in a way that could change a number.
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace, is_array_api_obj, is_numpy_array
+from array_api_compat import array_namespace, is_array_api_obj, is_jax_array, is_numpy_array
 from array_api_compat import device as _device
 
 from ._spec import Spec
@@ -55,6 +55,18 @@ def _check_same_namespace(what: str, a, x, xp) -> None:
         ) from None
 
 
+def _check_same_device(what: str, a, x) -> None:
+    """``a`` (of x's namespace) must be on x's device.  Not asked of JAX, which places arrays itself
+    (a committed array on another device is its own error; under jit, and for sharded arrays,
+    ``device`` says nothing about where a value may be combined).  Without this, torch's CPU
+    matmul with a ``meta`` tensor returns uninitialised memory instead of failing."""
+    if is_jax_array(x):
+        return
+    want, got = _device(x), _device(a)
+    if got != want:
+        raise ValueError(f"{what}: expected an array on x's device {want}; got one on {got}")
+
+
 def param_shapes_of(spec: Spec, params) -> dict:
     """``spec.param_shapes()`` once ``params`` is checked to be a dict with exactly those names."""
     if not isinstance(params, dict):
@@ -87,6 +99,7 @@ def convert_params(spec: Spec, params, x, xp) -> dict:
             _check_same_namespace(f"params[{name!r}]", a, x, xp)
             if a.dtype != x.dtype:
                 raise TypeError(f"params[{name!r}]: expected x's dtype {x.dtype}; got {a.dtype}")
+            _check_same_device(f"params[{name!r}]", a, x)
         if _shape(a) != shape:
             raise ValueError(f"params[{name!r}]: expected shape {shape}; got {_shape(a)}")
         out[name] = a
@@ -107,6 +120,7 @@ def convert_mask(spec: Spec, mask, x, xp, batch: int, length: int):
         raise TypeError(f"key_padding_mask: expected a boolean array; got {type(mask).__name__}")
     else:
         _check_same_namespace("key_padding_mask", mask, x, xp)
+        _check_same_device("key_padding_mask", mask, x)
     if mask.dtype != xp.bool:
         raise TypeError(f"key_padding_mask: expected a boolean array; got dtype {mask.dtype}")
     if _shape(mask) != (batch, length):

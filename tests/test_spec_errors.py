@@ -62,6 +62,12 @@ CASES = [
     ("params of x's namespace, other dtype",
      call(p={n: torch.tensor(a, dtype=torch.float32) for n, a in P.items()},
           x=torch.zeros(2, 3, 4, dtype=torch.float64)), TypeError, ["params['w_v']", "dtype"]),
+    # a torch array on the meta device holds no data: torch's CPU matmul with one returned
+    # uninitialised memory as y instead of failing
+    ("params on another device than x",
+     call(p=dict({n: torch.tensor(a) for n, a in P.items()}, w_v=torch.zeros(4, 4, dtype=torch.float64,
+                                                                              device="meta")),
+          x=torch.zeros(2, 3, 4, dtype=torch.float64)), ValueError, ["params['w_v']", "device", "meta"]),
     ("mixture arrays unprefixed",
      call(spec("mixture", components=("random", "dense")),
           p=dict(spec("random").init(0), mix_logits=np.zeros(2))),
@@ -76,6 +82,10 @@ CASES = [
     ("mask a list", call(key_padding_mask=[[True] * 3] * 2), TypeError, ["key_padding_mask"]),
     ("mask of another namespace", call(key_padding_mask=torch.ones(2, 3, dtype=torch.bool)), TypeError,
      ["key_padding_mask", "namespace"]),
+    ("mask on another device than x",
+     call(x=torch.zeros(2, 3, 4, dtype=torch.float64), key_padding_mask=torch.ones(2, 3, dtype=torch.bool,
+                                                                                    device="meta")),
+     ValueError, ["key_padding_mask", "device", "meta"]),
     ("mask with 2-D aft_conv", call(CONV2, x=X2, key_padding_mask=np.ones((1, 6), dtype=bool)), ValueError,
      ["key_padding_mask", "spatial_dims=2"]),
     # causal
@@ -157,3 +167,19 @@ def test_bad_input_is_refused_with_a_clear_message(what, fn, kind, words):
 def test_spec_is_frozen():
     with pytest.raises(AttributeError):
         DENSE.d_model = 8
+
+
+def test_arrays_on_another_array_api_strict_device_are_refused_by_name():
+    # array_api_strict refuses to combine devices, but deep inside the math and without naming the
+    # argument ("Arrays from two different devices ... can not be combined")
+    xs = pytest.importorskip("array_api_strict")
+    other = xs.Device("device1")
+    x = xs.asarray(X)
+    p = {n: xs.asarray(a) for n, a in P.items()}
+    with pytest.raises(ValueError, match=r"params\['w_v'\]: expected .*device"):
+        sr.apply(DENSE, dict(p, w_v=xs.asarray(P["w_v"], device=other)), x)
+    with pytest.raises(ValueError, match=r"key_padding_mask: expected .*device"):
+        sr.apply(DENSE, p, x, key_padding_mask=xs.asarray(np.ones((2, 3), dtype=bool), device=other))
+    # x itself on another device is fine: NumPy parameters follow it there
+    y = sr.apply(DENSE, P, xs.asarray(X, device=other))
+    assert y.device == other
