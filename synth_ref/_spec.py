@@ -44,7 +44,8 @@ class Spec:
     tiling:
         factorized_dense: ``"outer"`` (default) or ``"tile"``; see the variant's conventions.
     components:
-        mixture: two or more distinct softmax variant names.  Required.
+        mixture: two or more distinct softmax variant names, a tuple or list (mix_logits[i]
+        weighs components[i]).  Required.
     pos_rank:
         aft_full, aft_local: None for a full (L, L) bias, or r for pos_u pos_v^T of rank r.
     window:
@@ -88,7 +89,9 @@ class Spec:
             comps = self.components
             if comps is None:
                 raise ValueError("components: required for variant 'mixture'; got None")
-            if isinstance(comps, str) or not all(isinstance(c, str) for c in comps):
+            # a list or tuple: its order says which component mix_logits[i] weighs (a set's order
+            # changes from process to process; a generator would be spent by the checks below)
+            if not isinstance(comps, (tuple, list)) or not all(isinstance(c, str) for c in comps):
                 raise ValueError(f"components: expected a tuple of variant names; got {comps!r}")
             comps = tuple(comps)
             bad = [c for c in comps if c not in _v.SOFTMAX_VARIANTS]

@@ -141,6 +141,13 @@ CASES = [
      ["components"]),
     ("components unknown", lambda: spec("mixture", components=("random", "linformer")), ValueError,
      ["components", "linformer"]),
+    # a set has no order, and mix_logits[i] weighs components[i]: which component got which logit
+    # changed from one process to the next (string hashing is randomised per process)
+    ("components a set", lambda: spec("mixture", components={"random", "dense"}), ValueError,
+     ["components", "tuple"]),
+    ("components a generator", lambda: spec("mixture", components=(c for c in ("random", "dense"))),
+     ValueError, ["components", "generator"]),
+    ("components an int", lambda: spec("mixture", components=3), ValueError, ["components", "3"]),
     ("components with an AFT", lambda: spec("mixture", components=("random", "aft_full")), ValueError,
      ["components", "aft_full"]),
     ("components with a mixture", lambda: spec("mixture", components=("random", "mixture")), ValueError,
