@@ -149,7 +149,7 @@ class Spec:
                 raise ValueError("kernel_size: required for variant 'aft_conv'; got None")
             put(self, "kernel_size", _positive_int("kernel_size", self.kernel_size, name))
             dims = 1 if self.spatial_dims is None else self.spatial_dims
-            if dims not in (1, 2) or isinstance(dims, bool):
+            if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims not in (1, 2):
                 raise ValueError(f"spatial_dims: expected 1 or 2; got {dims!r}")
             put(self, "spatial_dims", int(dims))
             if dims == 2 and self.kernel_size % 2 == 0:
@@ -201,10 +201,16 @@ class Spec:
         conv_beta start at 0, conv_gamma at 1; R ~ N(0, 1); R1, R2 ~ N(0, k^-1/2) so R1 R2^T has
         unit variance; pos_u ~ N(0, 0.1^2) with pos_v = 0 so that w starts at 0 yet both train.
         """
-        dt = np.dtype(dtype)
-        if dt.name not in _FLOAT_NAMES:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:  # a name NumPy does not know ("bfloat16"), or not a dtype at all
+            dt = None
+        if dt is None or dt.name not in _FLOAT_NAMES:
             raise ValueError(f"dtype: expected one of {', '.join(_FLOAT_NAMES)}; got {dtype!r}")
-        rng = np.random.default_rng(seed)
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"seed: expected a non-negative integer; got {seed!r}") from None
         out = {}
         for full, shape in self.param_shapes().items():
             n = full.rsplit(".", 1)[-1]

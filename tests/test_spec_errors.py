@@ -133,6 +133,8 @@ CASES = [
     ("kernel_size zero", lambda: spec("aft_conv", kernel_size=0), ValueError, ["kernel_size"]),
     ("even kernel in 2-D", lambda: spec("aft_conv", kernel_size=2, spatial_dims=2), ValueError,
      ["kernel_size", "odd"]),
+    ("spatial_dims a float", lambda: spec("aft_conv", kernel_size=3, spatial_dims=2.0), ValueError,
+     ["spatial_dims", "2.0"]),
     ("spatial_dims 3", lambda: spec("aft_conv", kernel_size=3, spatial_dims=3), ValueError, ["spatial_dims"]),
     ("components missing", lambda: spec("mixture"), ValueError, ["components", "required"]),
     ("components a string", lambda: spec("mixture", components="random"), ValueError, ["components"]),
@@ -153,6 +155,9 @@ CASES = [
     ("components with a mixture", lambda: spec("mixture", components=("random", "mixture")), ValueError,
      ["components"]),
     ("init dtype integer", lambda: DENSE.init(dtype="int32"), ValueError, ["dtype", "int32"]),
+    ("init dtype unknown to NumPy", lambda: DENSE.init(dtype="bfloat16"), ValueError, ["dtype", "bfloat16"]),
+    ("init seed a string", lambda: DENSE.init(seed="a"), TypeError, ["seed", "'a'"]),
+    ("init seed negative", lambda: DENSE.init(seed=-1), ValueError, ["seed", "-1"]),
 ]
 
 
