@@ -37,14 +37,16 @@ def apply(spec: Spec, params: dict, x, *, causal: bool = False, key_padding_mask
         What layer (:class:`Spec`).
     params:
         ``{name: array}`` with exactly ``spec.param_shapes()``; NumPy arrays are converted to x's
-        namespace, dtype and device, arrays of x's namespace must have x's dtype.
+        namespace, dtype and device, arrays of x's namespace must have x's dtype and (JAX aside,
+        which places arrays itself) x's device.
     x:
         (batch, length, d_model) with length <= max_len; for aft_conv with spatial_dims=2,
         (batch, height, width, d_model) with height * width <= max_len.  Any Array-API array.
     causal:
         Position t sees only t' <= t.
     key_padding_mask:
-        (batch, length) boolean, True for real tokens; keys where it is False are ignored.
+        (batch, length) boolean, True for real tokens; keys where it is False are ignored.  NumPy,
+        or x's namespace on x's device (JAX aside).
 
     Returns
     -------
