@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import KW_ONLY, dataclass, fields
 
 import numpy as np
@@ -232,6 +233,18 @@ class Spec:
         return out
 
     # --- costs ------------------------------------------------------------------------------------
+    def _check_size(self, batch, length) -> None:
+        """The counts are formulas: a negative, fractional or too long size would give a number
+        with no meaning rather than an error.  Symbols (the docs print the formulas with SymPy)
+        are not numbers and pass."""
+        for name, v in (("batch", batch), ("length", length)):
+            if isinstance(v, numbers.Number) and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+                raise ValueError(f"{name}: expected a positive integer; got {v!r}")
+        if isinstance(length, numbers.Integral) and isinstance(self.max_len, numbers.Integral) \
+                and length > self.max_len:
+            raise ValueError(f"length: expected at most max_len={self.max_len}; got {length}")
+
     def param_count(self) -> int:
         """Every parameter, projections and biases included."""
         return sum(math.prod(s) for s in self.param_shapes().values())
@@ -256,12 +269,14 @@ class Spec:
     def flops(self, batch: int, length: int) -> int:
         """Forward FLOPs of the canonical math (a multiply-add counts 2; cheap elementwise work
         is not counted except where it is the work, as in AFT's windowed sums)."""
+        self._check_size(batch, length)
         return flops_of(self, batch, length)
 
     def memory(self, batch: int, length: int, itemsize: int = 4) -> dict[str, int]:
         """Bytes: ``parameters``; ``materialized``, the largest intermediate of a plain
         implementation (the (B, h, l, l) weights; AFT's (B, l, l, d) broadcast); ``streaming``,
         what a fused implementation must hold (inputs, outputs and row statistics, linear in l)."""
+        self._check_size(batch, length)
         B, l, d, h = batch, length, self.d_model, self.n_heads
         linear = (4 * B * l * d + 2 * B * h * l) * itemsize
         if self.family == "softmax":

@@ -158,6 +158,12 @@ CASES = [
     ("init dtype unknown to NumPy", lambda: DENSE.init(dtype="bfloat16"), ValueError, ["dtype", "bfloat16"]),
     ("init seed a string", lambda: DENSE.init(seed="a"), TypeError, ["seed", "'a'"]),
     ("init seed negative", lambda: DENSE.init(seed=-1), ValueError, ["seed", "-1"]),
+    # the cost formulas (Spec.flops of a negative batch was a negative count)
+    ("flops batch negative", lambda: DENSE.flops(-1, 3), ValueError, ["batch", "-1"]),
+    ("flops batch fractional", lambda: DENSE.flops(1.5, 3), ValueError, ["batch", "1.5"]),
+    ("flops length over max_len", lambda: DENSE.flops(1, 6), ValueError, ["length", "max_len=5", "6"]),
+    ("memory length zero", lambda: DENSE.memory(1, 0), ValueError, ["length", "0"]),
+    ("memory batch a bool", lambda: DENSE.memory(True, 3), ValueError, ["batch", "True"]),
 ]
 
 
