@@ -199,8 +199,8 @@ class Spec:
         """Draw parameters: NumPy arrays, float64 unless ``dtype`` says otherwise.
 
         Weight matrices are N(0, 1/fan_in); biases, mixture logits, position biases and
-        conv_beta start at 0, conv_gamma at 1; R ~ N(0, 1); R1, R2 ~ N(0, k^-1/2) so R1 R2^T has
-        unit variance; pos_u ~ N(0, 0.1^2) with pos_v = 0 so that w starts at 0 yet both train.
+        conv_beta start at 0, conv_gamma at 1; R and conv_w ~ N(0, 1); R1, R2 ~ N(0, k^-1/2) so
+        R1 R2^T has unit variance; pos_u ~ N(0, 0.1^2) with pos_v = 0 so that w starts at 0 yet both train.
         """
         try:
             dt = np.dtype(dtype)

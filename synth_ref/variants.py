@@ -355,7 +355,7 @@ _add(Variant(
          "s or s x s taps), then scales by gamma_i and shifts by beta_i.",
          "The paper's per-head reparameterization; normalising all heads jointly (a defect seen "
          "in public code) couples heads."),
-        ("Offsets: c = (s - 1) / 2 (s odd) without a mask; causal: c = s - 1, so t' runs over "
+        ("Offsets: c = (s - 1) / 2 (s odd) when not causal; causal: c = s - 1, so t' runs over "
          "t - s + 1 ... t.", "A centred kernel needs s odd; the causal kernel looks back only."),
         ("spatial_dims=2: x is (B, H, W, d), positions are grid cells (H * W <= max_len), the "
          "kernel is s x s and centred; causal and key_padding_mask are errors.",
