@@ -200,6 +200,25 @@ def test_autocast_and_half_precision_parameters(variant):
         assert all(torch.isfinite(p.grad).all() and p.grad.dtype == dt for p in low.parameters())
 
 
+def test_autocast_takes_input_in_the_autocast_dtype():
+    """Under autocast the layer before (nn.Linear, an earlier MixingLayer's projection) hands over
+    bfloat16: the layer takes it as nn.Linear and nn.MultiheadAttention do, with the numbers of the
+    same values given in float32 (the cast up is exact).  Outside autocast, or in another dtype than
+    autocast's, a dtype other than the layer's is still an error."""
+    spec = make_spec("dense")
+    layer = MixingLayer(spec, seed=0)
+    x, mask = inputs(dtype=torch.float32)
+    xb = x.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = layer(xb.float(), causal=True, key_padding_mask=mask)
+        got = layer(xb, causal=True, key_padding_mask=mask)
+        assert torch.equal(got, want)
+        with pytest.raises(TypeError, match="x: expected the layer's dtype torch.float32"):
+            layer(x.to(torch.float16))
+    with pytest.raises(TypeError, match="x: expected the layer's dtype torch.float32"):
+        layer(xb)
+
+
 def test_cpu_takes_the_reference_path_visibly(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     layer = MixingLayer(make_spec("random"), seed=0)

@@ -141,7 +141,9 @@ class MixingLayer(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------
     def _check_inputs(self, x, causal, key_padding_mask):
-        """The reference's own checks (same messages), plus the layer's dtype and device."""
+        """The reference's own checks (same messages), plus the layer's dtype and device; returns
+        (x, causal, mask), x taken in the layer's dtype when it came in autocast's dtype under
+        autocast."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a torch.Tensor; got {type(x).__name__}")
         xp = array_namespace(x)
@@ -155,17 +157,24 @@ class MixingLayer(nn.Module):
         ref = self.w_v
         if x.device != ref.device:
             raise ValueError(f"x: expected a tensor on the layer's device {ref.device}; got {x.device}")
+        amp = x.device.type
+        if (x.dtype != ref.dtype and torch.is_autocast_enabled(amp)
+                and x.dtype == torch.get_autocast_dtype(amp)):
+            # Under autocast the previous layer hands over its output in autocast's dtype (as
+            # nn.Linear does); autocast casts the matmuls' operands to that dtype anyway, so taking
+            # x in the layer's dtype changes no number (the cast up is exact).
+            x = x.to(ref.dtype)
         if x.dtype != ref.dtype:
             raise TypeError(
                 f"x: expected the layer's dtype {ref.dtype} (use autocast, or cast x or the layer); "
                 f"got {x.dtype}"
             )
-        return causal, mask
+        return x, causal, mask
 
     def forward(self, x: torch.Tensor, causal: bool = False, key_padding_mask: torch.Tensor | None = None):
         """y of x's shape: (batch, length, d_model), or (batch, height, width, d_model) for a 2-D
         aft_conv.  ``key_padding_mask`` (batch, length) boolean, True for real tokens."""
-        causal, mask = self._check_inputs(x, causal, key_padding_mask)
+        x, causal, mask = self._check_inputs(x, causal, key_padding_mask)
         params = self.canonical_params()
         if self.training and self.dropout > 0:
             self.last_path = "eager: dropout on the attention weights"
