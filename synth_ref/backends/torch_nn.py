@@ -177,6 +177,11 @@ class MixingLayer(nn.Module):
         x, causal, mask = self._check_inputs(x, causal, key_padding_mask)
         params = self.canonical_params()
         if self.training and self.dropout > 0:
+            if self.kernels == "always":
+                raise RuntimeError(
+                    "kernels='always': no fused kernel runs here: dropout on the attention weights "
+                    f"(dropout={self.dropout}, training mode) runs the reference"
+                )
             self.last_path = "eager: dropout on the attention weights"
             return self._forward_with_dropout(params, x, causal, mask)
         y, self.last_path = torch_triton.layer_forward(
