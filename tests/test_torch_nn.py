@@ -86,6 +86,24 @@ def test_init_and_reference_round_trip(variant):
         np.testing.assert_allclose(y, ref, rtol=0, atol=TOL["float64"])
 
 
+@pytest.mark.parametrize("variant", ["dense", "mixture"])
+def test_load_state_dict_takes_spec_init_arrays(variant):
+    """load_state_dict takes spec.init's NumPy arrays as they come (also inside a bigger model,
+    and a mixture's '<component>.<name>' entries), cast to the layer's dtype; a wrong shape is
+    still torch's strict error naming the entry."""
+    spec = make_spec(variant)
+    want = spec.init(seed=5)
+    layer = MixingLayer(spec, seed=0)
+    layer.load_state_dict(want)
+    got = {k: v.detach().numpy() for k, v in layer.canonical_params().items()}
+    assert all(np.array_equal(got[k], want[k].astype(np.float32)) for k in want)
+    outer = torch.nn.Sequential(MixingLayer(spec, seed=0, dtype=torch.float64))
+    outer.load_state_dict({f"0.{k}": v for k, v in want.items()})
+    assert all(np.array_equal(as_numpy(outer[0].canonical_params())[k], want[k]) for k in want)
+    with pytest.raises(RuntimeError, match="size mismatch for w_v"):
+        layer.load_state_dict({**want, "w_v": np.zeros((8, 7))})
+
+
 def test_float32_layer_holds_float32_init():
     spec = make_spec("mixture")
     layer = MixingLayer(spec, seed=4)

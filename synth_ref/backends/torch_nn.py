@@ -39,6 +39,17 @@ class _Component(nn.Module):
     """Holds one mixture component's arrays, so that their state_dict keys read '<component>.<name>'."""
 
 
+def _numpy_to_tensors(module, state_dict, prefix, *_):
+    """load_state_dict pre-hook: this layer's canonical entries given as NumPy arrays (as
+    ``spec.init`` returns them) become tensors, so that ``load_state_dict(spec.init(seed))`` loads
+    (torch itself accepts tensors only); torch then checks keys and shapes and casts to the layer's
+    dtype as for any tensor.  Runs before the mixture components' children load their entries."""
+    for name in module.spec.param_shapes():
+        value = state_dict.get(prefix + name)
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+            state_dict[prefix + name] = torch.from_numpy(np.ascontiguousarray(value))
+
+
 class MixingLayer(nn.Module):
     """The token-mixing layer a :class:`synth_ref.Spec` describes (an attention replacement).
 
@@ -94,6 +105,7 @@ class MixingLayer(nn.Module):
             else:
                 owner.register_parameter(leaf, nn.Parameter(value))
         self.reset_parameters(seed)
+        self.register_load_state_dict_pre_hook(_numpy_to_tensors)
 
     # --- canonical parameters ---------------------------------------------------------------------
     def _owner(self, name: str, create: bool = False) -> tuple[nn.Module, str]:
