@@ -427,6 +427,32 @@ def test_dispatch_says_which_path_ran():
 
 
 @in_this_process
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter runs outside the compiled graph on CPU only")
+@pytest.mark.parametrize("variant", ["dense", "aft_full"])
+def test_torch_compile_runs_the_interpreted_kernels(variant):
+    """torch.compile of a layer whose forward takes a kernel in Triton's interpreter: dynamo cannot
+    trace the interpreter (it failed on fake tensors, 'KeyError(torch.uint64)'), so the kernel runs
+    outside the graph, with the eager numbers and gradients and the kernel still named in last_path."""
+    import warnings
+
+    layer = MixingLayer(SPECS[variant], seed=0, dtype=torch.float64)
+    x = torch.randn(B, L, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, -3:] = False
+    y = layer(x, causal=True, key_padding_mask=mask)
+    grads = torch.autograd.grad(y.square().sum(), list(layer.parameters()))
+    torch._dynamo.reset()
+    layer.last_path = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lru_cache.*")
+        yc = torch.compile(layer, backend="eager")(x, causal=True, key_padding_mask=mask)
+    assert layer.last_path == "triton:" + torch_triton.kernel_name(SPECS[variant])
+    grads_c = torch.autograd.grad(yc.square().sum(), list(layer.parameters()))
+    assert torch.equal(yc, y)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_c, strict=True))
+
+
+@in_this_process
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's dtype limit applies to CPU tensors only")
 def test_interpreter_leaves_half_precision_to_the_reference():
     layer = MixingLayer(SPECS["random"], seed=0, dtype=torch.bfloat16)

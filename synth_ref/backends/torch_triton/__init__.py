@@ -108,5 +108,10 @@ def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_ma
         return y, f"eager: {why}"
     from . import _plan
 
-    y, ran = _plan.forward(name, spec, params, x, causal, mask)
+    run = _plan.forward
+    if x.device.type == "cpu":
+        # Triton's interpreter runs the kernels as NumPy code on the tensors' raw pointers, which
+        # torch.compile cannot trace (it fails on fake tensors); run them outside the graph.
+        run = torch.compiler.disable(run)
+    y, ran = run(name, spec, params, x, causal, mask)
     return y, f"triton:{ran}"
