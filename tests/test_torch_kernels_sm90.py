@@ -43,9 +43,9 @@ def _cases(dtype):
     scans = {"pre_ptr", "suf_ptr"}
     nw = _common.NUM_WARPS
     return [
-        (_random._fwd, rand, set(), nw),
-        (_random._bwd_dv, rand, set(), nw),
-        (_random._bwd_dr, rand, set(), nw),
+        (_random._fwd, rand, {"mx_ptr", "inv_ptr"}, nw),  # row max and 1 / sum in float32
+        (_random._bwd_dv, rand, {"mx_ptr", "inv_ptr"}, nw),
+        (_random._bwd_dr, rand, {"mx_ptr", "inv_ptr"}, nw),
         (_flash._fwd, flash, {"o_ptr"}, nw),  # O unrounded in float32 (_flash.EXACT_DELTA)
         (_flash._bwd_delta, flash, set(), nw),  # float32 and float64 only (EXACT_DELTA)
         (_flash._bwd_dkv, flash, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),

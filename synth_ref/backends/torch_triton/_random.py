@@ -10,7 +10,7 @@ Column n of group g is batch element b = g + n // e, feature c = n % e.
 
 Kernels (flash-style: softmax(R) is never stored):
 - ``_fwd``: per (row block, column block, head x group) the online softmax over key blocks; stores
-  O and the row log-sum-exp (one per head, group and row).
+  O and the row max and 1 / (row sum) (one each per head, group and row; see ``_probs``).
 - ``_bwd_dv``: dV = P^T dO, per (key block, column block, head x group), looping over row blocks.
 - ``_bwd_dr``: dR = sum over groups of P * (dO V^T - delta), per (row block, key block, head),
   looping over groups and column blocks: the batch reduction of dR happens inside the kernel.
@@ -41,7 +41,7 @@ def _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g,
 def _fwd(r_ptr, s_rh, s_rt, s_rk,
          v_ptr, s_vb, s_vh, s_vt, s_ve,
          o_ptr, s_ob, s_oh, s_ot, s_oe,
-         lse_ptr, m_ptr, s_mb, s_mk,
+         mx_ptr, inv_ptr, m_ptr, s_mb, s_mk,
          l, e, N, G,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -71,17 +71,29 @@ def _fwd(r_ptr, s_rh, s_rt, s_rk,
     tl.store(o_ptr + b[None, :] * s_ob + hh * s_oh + rows[:, None] * s_ot + c[None, :] * s_oe,
              out.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < l) & col_ok[None, :])
     if pid_n == 0:
-        # An empty row stores +inf, so that exp(s - lse) = 0 there in the backward.
+        # The row max and 1 / (row sum), not their log-sum-exp: see _probs.  An empty row stores
+        # (0, 0), so that P = 0 there in the backward.
         has = l_i > 0
-        lse = tl.where(has, tl.where(has, m_i, 0.0) + tl.log(tl.where(has, l_i, 1.0)), float("inf"))
-        tl.store(lse_ptr + pid_hg * l + rows, lse, mask=rows < l)
+        tl.store(mx_ptr + pid_hg * l + rows, tl.where(has, m_i, 0.0), mask=rows < l)
+        tl.store(inv_ptr + pid_hg * l + rows, 1.0 / tl.where(has, l_i, float("inf")), mask=rows < l)
+
+
+@triton.jit
+def _probs(s, mx_ptr, inv_ptr, at, rows, l):
+    """P recomputed as exp(S - m) / sum from the forward's row statistics at ``at`` (0 outside l),
+    as the eager softmax forms it.  exp(S - lse) with lse = m + log(sum) carries lse's rounding,
+    |lse| ulps, into every weight of the row (as in the flash kernel's ``_probs``): with |R| ~ 100
+    in float32 that put dV, hence dx and dw_v, at 8-25x the eager float32 error."""
+    m = tl.load(mx_ptr + at + rows, mask=rows < l, other=0.0)
+    inv = tl.load(inv_ptr + at + rows, mask=rows < l, other=0.0)
+    return tl.exp(s - m[:, None]) * inv[:, None]
 
 
 @triton.jit
 def _bwd_dv(r_ptr, s_rh, s_rt, s_rk,
             do_ptr, s_db, s_dh, s_dt, s_de,
             dv_ptr, s_gb, s_gh, s_gt, s_ge,
-            lse_ptr, m_ptr, s_mb, s_mk,
+            mx_ptr, inv_ptr, m_ptr, s_mb, s_mk,
             l, e, N, G,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -96,8 +108,7 @@ def _bwd_dv(r_ptr, s_rh, s_rt, s_rk,
     for start in range(lo, l, BM):
         rows = start + tl.arange(0, BM)
         s = _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g, CAUSAL, HAS_MASK, ACC)
-        lse = tl.load(lse_ptr + pid_hg * l + rows, mask=rows < l, other=float("inf"))
-        p = tl.exp(s - lse[:, None])
+        p = _probs(s, mx_ptr, inv_ptr, pid_hg * l, rows, l)
         do = tl.load(do_ptr + b[None, :] * s_db + hh * s_dh + rows[:, None] * s_dt + c[None, :] * s_de,
                      mask=(rows[:, None] < l) & col_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(p).to(do.dtype), do, out_dtype=ACC, input_precision="ieee")
@@ -110,7 +121,7 @@ def _bwd_dr(r_ptr, s_rh, s_rt, s_rk,
             v_ptr, s_vb, s_vh, s_vt, s_ve,
             do_ptr, s_db, s_dh, s_dt, s_de,
             dr_ptr, s_gh, s_gt, s_gk,
-            lse_ptr, delta_ptr, m_ptr, s_mb, s_mk,
+            mx_ptr, inv_ptr, delta_ptr, m_ptr, s_mb, s_mk,
             l, e, N, G,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -123,9 +134,8 @@ def _bwd_dr(r_ptr, s_rh, s_rt, s_rk,
         n_groups = tl.where(pid_k * BK > pid_m * BM + BM - 1, 0, G)
     for g in range(0, n_groups):
         s = _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g, CAUSAL, HAS_MASK, ACC)
-        lse = tl.load(lse_ptr + (hh * G + g) * l + rows, mask=rows < l, other=float("inf"))
         delta = tl.load(delta_ptr + (hh * G + g) * l + rows, mask=rows < l, other=0.0)
-        p = tl.exp(s - lse[:, None])
+        p = _probs(s, mx_ptr, inv_ptr, (hh * G + g) * l, rows, l)
         dp = tl.zeros([BM, BK], ACC)
         for n0 in range(0, N, BN):
             cols = n0 + tl.arange(0, BN)
@@ -161,20 +171,21 @@ class RandomMix(torch.autograd.Function):
         G, N = _layout(v, mask)
         BM, BN, BK = _blocks(l, N)
         out = torch.empty_like(v)
-        lse = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
-                          else torch.float32)
+        mx = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
+                         else torch.float32)  # per row: max, and 1 / sum in inv
+        inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
         grid = (triton.cdiv(l, BM), triton.cdiv(N, BN), h * G)
-        _fwd[grid](r, *r.stride(), v, *v.stride(), out, *out.stride(), lse, m, smb, smk,
+        _fwd[grid](r, *r.stride(), v, *v.stride(), out, *out.stride(), mx, inv, m, smb, smk,
                    l, e, N, G, CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(v), BM=BM, BN=BN, BK=BK,
                    num_warps=NUM_WARPS)
-        ctx.save_for_backward(r, v, out, lse, m)
+        ctx.save_for_backward(r, v, out, mx, inv, m)
         ctx.causal, ctx.has_mask = causal, has_mask
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        r, v, out, lse, m = ctx.saved_tensors
+        r, v, out, mx, inv, m = ctx.saved_tensors
         causal, has_mask = ctx.causal, ctx.has_mask
         h, l, _ = r.shape
         B, _, _, e = v.shape
@@ -182,7 +193,7 @@ class RandomMix(torch.autograd.Function):
         BM, BN, BK = _blocks(l, N)
         dout = dout.contiguous()
         # delta[h, g, t] = sum over the group's columns of dO * O (the softmax backward's row term).
-        prod = (dout.to(lse.dtype) * out.to(lse.dtype)).sum(-1)  # (B, h, l)
+        prod = (dout.to(mx.dtype) * out.to(mx.dtype)).sum(-1)  # (B, h, l)
         grouped = prod if has_mask else prod.sum(0, keepdim=True)  # (G, h, l)
         delta = grouped.permute(1, 0, 2).contiguous()
         smb, smk = (m.stride(0), m.stride(1)) if has_mask else (0, 0)
@@ -192,12 +203,13 @@ class RandomMix(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dv = torch.empty_like(v)
             _bwd_dv[(triton.cdiv(l, BK), triton.cdiv(N, BN), h * G)](
-                r, *r.stride(), dout, *dout.stride(), dv, *dv.stride(), lse, m, smb, smk, l, e, N, G, **meta)
+                r, *r.stride(), dout, *dout.stride(), dv, *dv.stride(), mx, inv, m, smb, smk, l, e, N, G,
+                **meta)
         if ctx.needs_input_grad[0]:
             dr = torch.empty(r.shape, device=r.device, dtype=r.dtype)
             _bwd_dr[(triton.cdiv(l, BM), triton.cdiv(l, BK), h)](
                 r, *r.stride(), v, *v.stride(), dout, *dout.stride(), dr, *dr.stride(),
-                lse, delta, m, smb, smk, l, e, N, G, **meta)
+                mx, inv, delta, m, smb, smk, l, e, N, G, **meta)
         return dr, dv, None, None
 
 
