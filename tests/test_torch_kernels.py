@@ -453,6 +453,33 @@ def test_torch_compile_runs_the_interpreted_kernels(variant):
 
 
 @in_this_process
+@pytest.mark.parametrize("variant", ["random", "dense", "aft_full"])
+def test_second_derivative_through_a_kernel_is_an_error(variant):
+    """A gradient penalty (the derivative of |dL/dx|^2) through a kernel: its backward runs Triton
+    kernels, which autograd cannot differentiate, so the kernel's share of the second derivative
+    was silently missing (aft_full's d/dw_o off by 95% of its size; dense and random: 'not used
+    in the graph').  Taking the first derivative with create_graph=True is an error instead, naming
+    the way out: kernels="never" (the reference) differentiates to any order."""
+    dtype = torch.float64 if DEVICE == "cpu" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, L, 8, dtype=torch.float64, generator=g).to(DEVICE, dtype)
+    for kernels in ("never", "always"):
+        layer = MixingLayer(SPECS[variant], seed=0, dtype=dtype, kernels=kernels, device=DEVICE)
+        xx = x.clone().requires_grad_(True)
+        loss = layer(xx, causal=True).square().sum()
+        if kernels == "never":
+            (gx,) = torch.autograd.grad(loss, [xx], create_graph=True)
+            (h,) = torch.autograd.grad(gx.square().sum(), [layer.w_o])
+            assert torch.isfinite(h).all() and h.abs().max() > 0
+        else:
+            with pytest.raises(RuntimeError, match="backward is not differentiable.*kernels='never'"):
+                torch.autograd.grad(loss, [xx], create_graph=True)
+            # first order as before
+            (gx,) = torch.autograd.grad(layer(xx, causal=True).square().sum(), [xx])
+            assert torch.isfinite(gx).all()
+
+
+@in_this_process
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's dtype limit applies to CPU tensors only")
 def test_interpreter_leaves_half_precision_to_the_reference():
     layer = MixingLayer(SPECS["random"], seed=0, dtype=torch.bfloat16)

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, mask_args, pairs_in_range
+from ._common import acc_dtype, first_order_only, mask_args, pairs_in_range
 
 NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
 #: A tile's GEMM denominator below this proves nothing about its bound (see the docstring): e^-40
@@ -400,6 +400,7 @@ class AftMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        first_order_only("aft")
         k, v, w, m, out, mx, inv, bad = ctx.saved_tensors
         smb, smk, G, eg, N, NB = ctx.dims
         meta = ctx.meta

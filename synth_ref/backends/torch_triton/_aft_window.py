@@ -57,7 +57,7 @@ from ._aft import (
     _tile_dkv,
     _tile_sums,
 )
-from ._common import acc_dtype, mask_args, pairs_in_range
+from ._common import acc_dtype, first_order_only, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -327,6 +327,7 @@ class AftWindowMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        first_order_only("aft-window")
         k, v, wb, m, out, mx, inv, bad = ctx.saved_tensors
         smb, smk, G, eg, N, NB, lo, NW, nblk = ctx.dims
         meta = ctx.meta

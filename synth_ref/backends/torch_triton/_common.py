@@ -42,6 +42,21 @@ def mask_args(mask: torch.Tensor | None, like: torch.Tensor):
     return m, m.stride(0), m.stride(1), True
 
 
+def first_order_only(kernel: str) -> None:
+    """Called first in every kernel's backward: raise when autograd records it (create_graph=True,
+    as for a gradient penalty or a Hessian-vector product).  The backward runs Triton kernels, which
+    autograd cannot differentiate, so a second derivative through it would silently miss the
+    kernel's share (AFT-full's d/dw_o of |dL/dx|^2 was off by 95% of its size).  torch's
+    @once_differentiable does not catch this: its error node is pruned whenever the second
+    derivative also has a path around the kernel, or none at all.  Not checked while torch.compile
+    traces the backward."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"the {kernel} kernel's backward is not differentiable (create_graph=True): use "
+            "MixingLayer(..., kernels='never') (the reference) for higher-order derivatives"
+        )
+
+
 def grad_or_none(needed: bool, t):
     return t if needed else None
 

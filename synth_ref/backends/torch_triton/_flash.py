@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, mask_args, pairs_in_range
+from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -363,6 +363,7 @@ class FlashMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        first_order_only("flash")
         q, k, v, kb, fb, ga, gb, m, out, stats = ctx.saved_tensors
         B, H, l, E = v.shape
         D = 0 if q is None else q.shape[-1]

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, mask_args, pairs_in_range
+from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -185,6 +185,7 @@ class RandomMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        first_order_only("random")
         r, v, out, mx, inv, m = ctx.saved_tensors
         causal, has_mask = ctx.causal, ctx.has_mask
         h, l, _ = r.shape
