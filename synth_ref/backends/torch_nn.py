@@ -72,6 +72,13 @@ class MixingLayer(nn.Module):
         ``"always"`` (raise when no kernel applies; for tests and benchmarks).
     device, dtype:
         Where and in what dtype the parameters live (default: torch's defaults).
+
+    Notes
+    -----
+    ``load_state_dict`` takes ``spec.init(seed)`` as it is (NumPy arrays) as well as tensors.  x must
+    have the layer's dtype, except under autocast, where x in autocast's dtype is taken up exactly.
+    The fused kernels' backward passes are first-order: ``create_graph=True`` through one raises
+    (use ``kernels="never"`` for higher derivatives) rather than miss the kernel's share.
     """
 
     def __init__(self, spec: sr.Spec, *, dropout: float = 0.0, freeze_random: bool = False,
