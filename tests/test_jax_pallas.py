@@ -107,6 +107,40 @@ def test_bad_inputs_are_checked_on_fused_paths_too():
         aft_mix(jnp.zeros((1, 40, 4)), jnp.zeros((1, 40, 4)), jnp.zeros((1, 40, 40)), block=4)
 
 
+
+@pytest.mark.parametrize("case, path", [("aft_full", "xla"), ("random", "xla"), ("aft_simple", "xla"),
+                                        ("dense", INTERP), ("aft_local", INTERP)])
+def test_traced_causal_is_named_on_fused_paths(case, path):
+    """causal must be a Python bool (it picks the program); a traced one is rejected with the
+    reference's named error on every path, not by JAX's TracerBoolConversionError from the dispatch."""
+    spec = CASES[case]
+    params, x, _ = inputs(spec, batch=1)
+    p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    xx = jnp.asarray(x, jnp.float32)
+    for where in (path, "reference"):
+        run = jax.jit(lambda c, where=where: jp.apply(spec, p, xx, causal=c, path=where))
+        with pytest.raises(TypeError, match="causal: expected True or False; got"):
+            run(True)
+
+
+@pytest.mark.parametrize("case", ["dense", "random", "aft_full", "aft_simple", "aft_local"])
+@pytest.mark.parametrize("path", ["xla", INTERP])
+def test_numpy_inputs_get_the_reference_contract(case, path):
+    """jp.apply has sr.apply's contract on any path: NumPy x (and parameters) give a NumPy array of
+    x's dtype, float64 here, not a JAX array computed in float32.  Only JAX arrays (or tracers) go
+    through the fused implementations; anything else runs the reference, and plan_call says so."""
+    spec = CASES[case]
+    params, x, kpm = inputs(spec, batch=2, mask=True)
+    gold = sr.apply(spec, params, x, causal=True, key_padding_mask=kpm)
+    y = jp.apply(spec, params, x, causal=True, key_padding_mask=kpm, path=path)
+    assert jp.plan_call(spec, x, True, kpm, path=path) == "reference"
+    assert isinstance(y, np.ndarray) and y.dtype == np.float64
+    np.testing.assert_array_equal(y, gold)
+    # a JAX x still takes the fused implementation
+    xj = jnp.asarray(x, jnp.float32)
+    assert jp.plan_call(spec, xj, True, kpm, path=path) == jp.plan(
+        spec, masked=True, path=path, dtype=xj.dtype, length=x.shape[1], causal=True)
+
 # ---------------------------------------------------------------------------------------------
 # the flash kernel against the plain formula
 

@@ -48,6 +48,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import synth_ref as sr
 from synth_ref import _inputs
@@ -100,11 +101,20 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
 
 
 def plan_call(spec: sr.Spec, x, causal=False, key_padding_mask=None, *, path=None, platform=None) -> str:
-    """:func:`plan` for the arguments of an :func:`apply` call: the implementation that call runs."""
-    shape = getattr(x, "shape", ())
+    """:func:`plan` for the arguments of an :func:`apply` call: the implementation that call runs.
+
+    Only a JAX array (or tracer) x goes through the fused implementations: any other x (NumPy,
+    torch, a list) runs the reference, which returns x's namespace and dtype (a fused path would
+    return a JAX array, in float32 for float64 NumPy x without x64) or rejects x by name.  A
+    ``causal`` that is not a Python or NumPy bool (a tracer) is planned as False and then rejected
+    by the checks every path makes (``causal: expected True or False``), never converted here."""
+    path = select_path(path, platform)  # a bad path is reported even for NumPy x
+    if not isinstance(x, jax.Array):
+        return "reference"
+    shape = x.shape
+    flag = bool(causal) if isinstance(causal, (bool, np.bool_)) else False
     return plan(spec, masked=key_padding_mask is not None, path=path, platform=platform,
-                dtype=getattr(x, "dtype", None), length=shape[1] if len(shape) == 3 else None,
-                causal=bool(causal))
+                dtype=x.dtype, length=shape[1] if len(shape) == 3 else None, causal=flag)
 
 
 # ---------------------------------------------------------------------------------------------
