@@ -107,6 +107,19 @@ def test_bad_inputs_are_checked_on_fused_paths_too():
         aft_mix(jnp.zeros((1, 40, 4)), jnp.zeros((1, 40, 4)), jnp.zeros((1, 40, 40)), block=4)
 
 
+@pytest.mark.parametrize("case", ["dense", "aft_full", "aft_local"])
+def test_bad_block_sizes_name_the_argument(case):
+    """jp.apply's block_q / block_k are named as given on every kernel, AFT's included (its one square
+    tile is their minimum, but the error names the argument that was wrong, not an internal 'block')."""
+    spec = CASES[case]
+    params, x, _ = inputs(spec, batch=1)
+    p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    xx = jnp.asarray(x, jnp.float32)
+    for kw, name, got in [({"block_q": 12}, "block_q", 12), ({"block_k": 4}, "block_k", 4)]:
+        with pytest.raises(ValueError, match=f"^{name}: expected a positive multiple of 8; got {got}$"):
+            jp.apply(spec, p, xx, path=INTERP, **kw)
+
+
 
 @pytest.mark.parametrize("case, path", [("aft_full", "xla"), ("random", "xla"), ("aft_simple", "xla"),
                                         ("dense", INTERP), ("aft_local", INTERP)])

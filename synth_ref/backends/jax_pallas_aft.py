@@ -604,6 +604,9 @@ def apply(spec, p, x, causal, mask, *, impl="pallas-aft", block_q=128, block_k=1
     q = x @ p["w_q"] + p["b_q"]
     k = x @ p["w_k"] + p["b_k"]
     v = x @ p["w_v"] + p["b_v"]
+    for name, b in (("block_q", block_q), ("block_k", block_k)):  # named as the caller gave them
+        if b < SUB or b % SUB:
+            raise ValueError(f"{name}: expected a positive multiple of {SUB}; got {b}")
     block = min(block_q, block_k)
     if impl == "pallas-aft-window":
         from . import jax_pallas_aft_window
