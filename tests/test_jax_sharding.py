@@ -2,7 +2,9 @@
 
 XLA fixes the number of host devices when the backend starts, so the check runs in a subprocess
 that sets XLA_FLAGS=--xla_force_host_platform_device_count=8 before importing jax (this file,
-run as a script).  It checks, for several variants, forward output and every gradient:
+run as a script).  It checks, for several variants, forward output and every gradient, of the
+reference under jit and of the jax adapter wherever its default CPU/GPU path is one of its XLA
+rewrites (xla-random, xla-aft for aft_full/aft_local/aft_conv, xla-scan for aft_simple):
 
 1. sharded == unsharded (same jitted function, inputs placed on a 2 x 4 ("batch", "heads") mesh
    versus on one device);
@@ -40,6 +42,7 @@ N_DEVICES = 8
 D, H, L = 16, 4, 40  # d_model, heads, max_len = l; l and its shards (40, 20, 10, 5) name no other size
 CASES = ("dot_product", "dense", "random", "factorized_random", "factorized_dense", "mixture",
          "aft_full", "aft_conv")
+ADAPTER_ONLY = ("aft_local", "aft_simple")  # checked on the adapter's path (the reference's is aft_full's)
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute")
 _INSTR = re.compile(r"=\s*(?P<shapes>.*?)\s(?P<op>[a-z-]+)\(")
 _SHAPE = re.compile(r"[a-z]+\d*\[(?P<dims>[\d,]*)\]")
@@ -88,6 +91,8 @@ def _specs():
                            components=("dot_product", "dense", "random", "factorized_random")),
         "aft_full": sr.Spec("aft_full", d_model=D, max_len=L),
         "aft_conv": sr.Spec("aft_conv", d_model=D, n_heads=H, max_len=L, kernel_size=5),
+        "aft_local": sr.Spec("aft_local", d_model=D, max_len=L, window=6),
+        "aft_simple": sr.Spec("aft_simple", d_model=D, max_len=L),
     }
 
 
@@ -122,17 +127,28 @@ def _child():
     # annotations of its own); Explicit axes would demand an out_sharding on every contraction.
     auto = jax.sharding.AxisType.Auto
     mesh = jax.make_mesh((2, 4), ("batch", "heads"), axis_types=(auto, auto))
+    from synth_ref.backends import jax_pallas as jp
+
     rng = np.random.default_rng(0)
     report = {}
-    for name in CASES:
+    # The reference under jit, and the jax adapter on this platform's default path wherever that is
+    # one of its XLA rewrites (xla-aft, xla-scan, xla-random: the code a CPU or GPU user runs).
+    # xla-random takes no key padding, so random's adapter case runs unpadded.
+    runs = [(n, "reference", sr.apply, True) for n in CASES]
+    probe = jnp.zeros((4, L, D), jnp.float32), jnp.ones((4, L), bool)
+    for n in CASES + ADAPTER_ONLY:
+        padded = jp.plan_call(_specs()[n], probe[0], True, probe[1]) != "reference"
+        if padded or jp.plan_call(_specs()[n], probe[0], True, None) != "reference":
+            runs.append((n, "adapter", jp.apply, padded))
+    for name, impl, apply_fn, padded in runs:
         spec = _specs()[name]
         params = {k: jnp.asarray(v, jnp.float32) for k, v in spec.init(seed=1).items()}
         x = jnp.asarray(rng.standard_normal((4, L, D)), jnp.float32)
-        mask = jnp.asarray(np.arange(L)[None, :] < np.array([L, L - 7, L, 3])[:, None])
+        mask = jnp.asarray(np.arange(L)[None, :] < np.array([L, L - 7, L, 3])[:, None]) if padded else None
         dy = jnp.asarray(rng.standard_normal((4, L, D)), jnp.float32)
 
-        def run(p, xx, m, g, spec=spec):
-            y, pull = jax.vjp(lambda a, b: sr.apply(spec, a, b, causal=True, key_padding_mask=m), p, xx)
+        def run(p, xx, m, g, spec=spec, apply_fn=apply_fn):
+            y, pull = jax.vjp(lambda a, b: apply_fn(spec, a, b, causal=True, key_padding_mask=m), p, xx)
             dp, dx = pull(g)
             return y, dx, dp
 
@@ -141,7 +157,7 @@ def _child():
         put = jax.device_put
         sp = {k: put(v, NamedSharding(mesh, param_partition(k, v.ndim))) for k, v in params.items()}
         sx = put(x, NamedSharding(mesh, P("batch", None, None)))
-        sm = put(mask, NamedSharding(mesh, P("batch", None)))
+        sm = None if mask is None else put(mask, NamedSharding(mesh, P("batch", None)))
         sdy = put(dy, NamedSharding(mesh, P("batch", None, None)))
         sharded = f(sp, sx, sm, sdy)
         # y on its own scale; gradients on one common scale (the largest gradient entry), since some
@@ -152,9 +168,11 @@ def _child():
         scale = max(float(jnp.max(jnp.abs(g))) for g in grads_a.values())
         diffs.update({k: float(jnp.max(jnp.abs(grads_a[k] - grads_b[k]))) / scale for k in grads_a})
         hlo = f.lower(sp, sx, sm, sdy).compile().as_text()
-        fwd = jax.jit(lambda p, xx, m, spec=spec: sr.apply(spec, p, xx, causal=True, key_padding_mask=m))
+        fwd = jax.jit(lambda p, xx, m, spec=spec, f=apply_fn: f(spec, p, xx, causal=True, key_padding_mask=m))
         fwd_hlo = fwd.lower(sp, sx, sm).compile().as_text()
-        report[name] = {
+        report[name if impl == "reference" else f"{name}@adapter"] = {
+            "path": jp.plan_call(spec, x, True, mask) if impl == "adapter" else "reference",
+            "padded": padded,
             "max_rel_diff": max(diffs.values()),
             "worst": max(diffs, key=diffs.get),
             "y_batch_axis": sharded[0].sharding.spec[0],
@@ -166,8 +184,6 @@ def _child():
     # The Pallas path: pallas_call is opaque to XLA's sharding propagation (it would gather its
     # operands), so data parallelism goes through shard_map -- each batch shard runs the kernels on
     # its own rows, parameter gradients are summed over the shards.  Interpreted kernels here.
-    from synth_ref.backends import jax_pallas as jp
-
     spec = _specs()["dense"]
     params = {k: jnp.asarray(v, jnp.float32) for k, v in spec.init(seed=1).items()}
 
@@ -180,7 +196,7 @@ def _child():
     smap = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P("batch")),
                                  out_specs=(P("batch"), P("batch"), P()), check_vma=False))
     got = smap(params, x, mask, dy)
-    want = jax.jit(lambda p, xx, m, g: run(p, xx, m, g, spec=spec))(params, x, mask, dy)
+    want = jax.jit(lambda p, xx, m, g: run(p, xx, m, g, spec=spec, apply_fn=sr.apply))(params, x, mask, dy)
     scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(want))
     report["_pallas_data_parallel"] = {"max_rel_diff": max(
         float(jnp.max(jnp.abs(u - v))) / scale
@@ -204,6 +220,10 @@ def test_sharded_matches_unsharded_without_lxl_gathers():
     report = json.loads(line[len("REPORT"):])
     assert report.pop("_control")["bad"], "the matcher must flag a program that gathers an (l x l) array"
     assert report.pop("_pallas_data_parallel")["max_rel_diff"] <= 1e-5
+    # the adapter's own rewrites are what is sharded, not the reference under another name
+    fused = {n: r["path"] for n, r in report.items() if r["path"] != "reference"}
+    want = {f"{n}@adapter" for n in ("random", "aft_full", "aft_conv", "aft_local", "aft_simple")}
+    assert want <= set(fused), (sorted(fused), report)
     for name, r in report.items():
         # float32, different reduction order across shards: a few ulps of the largest entry
         assert r["max_rel_diff"] <= 1e-5, (name, r["max_rel_diff"])
