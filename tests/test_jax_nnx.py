@@ -79,6 +79,36 @@ def test_bfloat16_and_float64():
         assert y64.dtype == jnp.float64 and rel_err(y64, gold) <= TOL["float64"]
 
 
+@pytest.mark.parametrize("case", ["dense", "aft_full"])
+def test_float32_parameters_with_bfloat16_compute(case):
+    """Mixed precision (Flax's dtype / param_dtype): float32 parameters, bfloat16 compute.  The
+    output is bfloat16 and within bfloat16's tolerance of float64 gold; the gradients are float32,
+    and close to the all-float32 layer's (bfloat16's tolerance: they went through bfloat16 math)."""
+    spec = CASES[case]
+    params, x, _ = inputs(spec)
+    gold = sr.apply(spec, params, x)
+    mixed = SynthLayer(spec, params, compute_dtype="bfloat16")
+    plain = SynthLayer(spec, params)
+    assert mixed.w_v[...].dtype == jnp.float32
+    for xin in (jnp.asarray(x, jnp.bfloat16), jnp.asarray(x, jnp.float32)):  # x is cast, as Flax does
+        y = mixed(xin)
+        assert y.dtype == jnp.bfloat16 and rel_err(y, gold) <= TOL["bfloat16"]
+
+    def loss(m):
+        return jnp.sum(m(jnp.asarray(x, jnp.float32), causal=True).astype(jnp.float32) ** 2)
+
+    g_mixed = nnx.grad(loss)(mixed)
+    g_plain = nnx.grad(loss)(plain)
+    for name in ("w_v", "w_o"):
+        gm, gp = getattr(g_mixed, name)[...], getattr(g_plain, name)[...]
+        assert gm.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(gm)))
+        assert rel_err(gm, np.asarray(gp, np.float64)) <= 4 * TOL["bfloat16"], name
+    with pytest.raises(TypeError, match="x: expected a floating-point array"):
+        mixed(jnp.ones(x.shape, jnp.int32))
+    with pytest.raises(ValueError, match="compute_dtype: expected"):
+        SynthLayer(spec, params, compute_dtype="int8")
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda p: {k: v for k, v in p.items() if k != "w_v"}, r"params: expected exactly .*missing \['w_v'\]"),
     (lambda p: {**p, "extra": np.zeros(2)}, r"unexpected \['extra'\]"),

@@ -48,13 +48,19 @@ class SynthLayer(nnx.Module):
     dtype:
         Parameter dtype name or JAX dtype (``"float32"`` default; ``"float64"`` needs
         ``jax_enable_x64``).
+    compute_dtype:
+        The dtype the layer computes in (Flax's ``dtype``; this class's ``dtype`` is Flax's
+        ``param_dtype``).  None: the parameters' dtype, and x must have it (the spec's contract).
+        Given: each call casts the parameters and x to it and returns that dtype, so that float32
+        parameters train under bfloat16 compute (the gradients flow back through the casts in
+        float32).
     path:
         Which implementation runs (see :func:`synth_ref.backends.jax_pallas.select_path`);
         None: chosen by the platform at call time.
     """
 
     def __init__(self, spec: sr.Spec, params: dict | None = None, *, seed: int = 0, dtype="float32",
-                 path: str | None = None):
+                 path: str | None = None, compute_dtype=None):
         if not isinstance(spec, sr.Spec):
             raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
         if path is not None:
@@ -62,6 +68,7 @@ class SynthLayer(nnx.Module):
         self.spec = spec
         self.path = path
         self.dtype = _dtype(dtype)
+        self.compute_dtype = None if compute_dtype is None else _dtype(compute_dtype, "compute_dtype")
         self.load(spec.init(seed=seed) if params is None else params)
 
     def load(self, params: dict) -> None:
@@ -90,7 +97,16 @@ class SynthLayer(nnx.Module):
         return out
 
     def __call__(self, x, *, causal: bool = False, key_padding_mask=None):
-        return jax_pallas.apply(self.spec, self.params(), x, causal=causal,
+        params = self.params()
+        if self.compute_dtype is not None:
+            import jax.numpy as jnp
+
+            dt = getattr(x, "dtype", None)  # an integer x is refused, as the spec refuses it
+            if dt is None or not jnp.issubdtype(dt, jnp.floating):
+                raise TypeError(f"x: expected a floating-point array; got {type(x).__name__} of dtype {dt}")
+            params = {k: v.astype(self.compute_dtype) for k, v in params.items()}
+            x = jnp.asarray(x).astype(self.compute_dtype)
+        return jax_pallas.apply(self.spec, params, x, causal=causal,
                                 key_padding_mask=key_padding_mask, path=self.path)
 
     def _owner(self, name: str, create: bool = False):
@@ -105,14 +121,17 @@ class SynthLayer(nnx.Module):
         return child, attr
 
 
-def _dtype(dtype):
+def _dtype(dtype, what="dtype"):
     import jax
     import jax.numpy as jnp
 
-    dt = jnp.dtype(dtype)
-    if dt.name not in ("float64", "float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype: expected float64, float32, float16 or bfloat16; got {dtype!r}")
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in ("float64", "float32", "float16", "bfloat16"):
+        raise ValueError(f"{what}: expected float64, float32, float16 or bfloat16; got {dtype!r}")
     if dt.name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype: float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True) "
+        raise ValueError(f"{what}: float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True) "
                          "or the jax.enable_x64(True) context); got float64 with it off")
     return dt
