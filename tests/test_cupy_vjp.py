@@ -219,3 +219,32 @@ def test_band_description_reads_the_same_w_prime(variant, kw, causal):
                     assert table[g * band.sg + t * band.st + u * band.sk + band.base] == dense[g, t, u]
                 elif not causal or u <= t:  # off the band w' is 0 (future keys are masked anyway)
                     assert dense[g, t, u] == 0
+
+
+TIES = [("dense", dict(n_heads=2)), ("factorized_dense", dict(n_heads=2, factors=(2, 4))),
+        ("aft_full", dict())]
+
+
+@pytest.mark.parametrize(("variant", "kw"), TIES, ids=ids(TIES))
+def test_exact_ties_match_the_reference(variant, kw):
+    """relu at exactly 0 (hidden pre-activations of 0) and the sigmoid at exactly q = 0: the hand
+    passes take relu'(0) = 0 and sigmoid'(0) = 1/4, as torch autograd of the reference does
+    (docs/backward.md, Kinks).  A maximum(h, 0) in either would give 1/2 at the tie."""
+    from cupy_cases import torch_gold
+
+    spec = sr.Spec(variant, d_model=D, max_len=L, **kw)
+    params = random_params(spec, 15)
+    x = np.zeros((B, LEN, D))
+    x[:, :, 1] = np.random.default_rng(16).standard_normal((B, LEN))
+    for name in ("w_1", "w_q"):  # the pre-activation ignores x's feature 1, the only nonzero one
+        if name in params:
+            params[name][..., 1, :] = 0.0
+    for name in ("b_1", "b_q"):
+        if name in params:
+            params[name][...] = 0.0
+    dy = np.random.default_rng(17).standard_normal(x.shape)
+    _, dx_gold, dp_gold = torch_gold(spec, params, x, dy, False, None)
+    dx, dp = cupy_impl.vjp(spec, params, x, dy)
+    assert_close(dx, dx_gold, "dx")
+    for n in dp:
+        assert_close(dp[n], dp_gold[n], f"d{n}")
