@@ -248,3 +248,24 @@ def test_exact_ties_match_the_reference(variant, kw):
     assert_close(dx, dx_gold, "dx")
     for n in dp:
         assert_close(dp[n], dp_gold[n], f"d{n}")
+
+
+@pytest.mark.parametrize("call", ["apply", "vjp"])
+def test_cupy_adapter_names_x_when_it_is_not_a_cupy_array(monkeypatch, call):
+    """The CuPy adapter given a NumPy x must say so, naming x, instead of failing inside the kernel
+    glue (half the arrays moved to the GPU, "Unsupported device" from NumPy's empty).  A stand-in
+    cupy module is enough: the check runs before anything is launched."""
+    import sys
+    import types
+
+    from synth_ref.backends import cupy as cupy_adapter
+
+    fake = types.ModuleType("cupy")
+    fake.ndarray = type("ndarray", (), {})
+    fake.__version__ = "0"
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    spec = sr.Spec("aft_full", d_model=D, max_len=L)
+    x = np.ones((B, LEN, D))
+    args = (x,) if call == "apply" else (x, np.ones_like(x))
+    with pytest.raises(TypeError, match=r"x: expected a cupy array .*; got numpy\.ndarray"):
+        getattr(cupy_adapter.adapter, call)(spec, spec.init(), *args)

@@ -48,11 +48,23 @@ class CupyAdapter:
 
     # Issue 6: apply and vjp run the hand-derived passes (cupy_impl, derived in docs/backward.md)
     # with the fused CUDA kernels (cupy_kernels.ops()); neither imports cupy until called.
+    @staticmethod
+    def _check_x(x):
+        """The kernels run on CuPy arrays only: any other x (a NumPy array, say) would reach them
+        half-converted and fail far from the cause.  Params and the mask may be NumPy (converted to
+        x's namespace as the reference does); dy is checked by cupy_impl.vjp."""
+        cp = _cupy()
+        if not isinstance(x, cp.ndarray):
+            raise TypeError(f"x: expected a cupy array (the cupy adapter's from_numpy); "
+                            f"got {type(x).__module__}.{type(x).__name__}")
+
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
+        self._check_x(x)
         return cupy_impl.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask,
                                ops=cupy_kernels.ops())
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
+        self._check_x(x)
         return cupy_impl.vjp(spec, params, x, dy, causal=causal, key_padding_mask=key_padding_mask,
                              ops=cupy_kernels.ops())
 
