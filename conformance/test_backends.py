@@ -177,3 +177,47 @@ def test_jax_float64_does_not_flip_x64_globally():
     y = a.apply(spec, p, x, causal=False, key_padding_mask=None)
     assert a.to_numpy(y).dtype == np.float64
     assert not jax.config.jax_enable_x64
+
+
+def _suite_cli(args, cwd, entry="-m"):
+    """Run the suite's command line: ``python -m synth_ref.conformance`` (entry "-m") or its
+    console-script form, ``main()`` called from a script whose sys.path[0] is not ``cwd``."""
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    if entry == "-m":
+        cmd = [sys.executable, "-m", "synth_ref.conformance", *args]
+    else:  # as the installed synth-ref-conformance script runs: sys.path[0] is the script's directory
+        cmd = [sys.executable, "-c", "import sys; sys.path.pop(0); from synth_ref.conformance import main; "
+               "sys.exit(main())", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("target", [["--adapter", "no_such_module:ADAPTER"],
+                                    ["--adapter", "conformance.test_backends:_suite_cli"],
+                                    ["--backend", "no-such-backend"]])
+def test_cli_fails_when_a_named_target_cannot_be_loaded(tmp_path, target):
+    """A typo in --adapter/--backend, or an object that is no adapter, used to be recorded as
+    'skipped' and the run exited 0 with nothing checked."""
+    run = _suite_cli([*target, "--report", str(tmp_path / "r.json"), "--variant", "random", "--",
+                      "-k", "test_forward and float64"], cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 4, out[-3000:]
+    assert target[1] in out and ("could not load" in out or "expected one of" in out), out[-3000:]
+
+
+def test_cli_finds_an_adapter_in_the_working_directory(tmp_path):
+    """docs/adapter.md's command, run where the adapter's module is, in both entry points."""
+    (tmp_path / "outside_adapter.py").write_text(
+        "from conformance.test_backends import _Minimal\n"
+        "class Adapter(_Minimal):\n    name = 'outside'\nADAPTER = Adapter()\n")
+    for entry in ("-m", "script"):
+        report = tmp_path / f"r{entry}.json"
+        run = _suite_cli(["--adapter", "outside_adapter:ADAPTER", "--report", str(report), "--variant",
+                          "random", "--", "-k", "test_forward and float64"], cwd=tmp_path, entry=entry)
+        assert run.returncode == 0, (entry, (run.stdout + run.stderr)[-3000:])
+        import json
+
+        assert json.loads(report.read_text())["backends"]["outside"]["counts"]["pass"] > 0, entry

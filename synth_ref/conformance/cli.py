@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
                         "summary, without running anything (nox uses it where no GPU driver exists)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     return p
+
+
+def _cwd_importable() -> None:
+    """Let ``--adapter my_module:ADAPTER`` find a module in the directory the command runs in, as
+    ``python -m synth_ref.conformance`` does and the ``synth-ref-conformance`` console script does
+    not (its sys.path starts at the script's own directory): on sys.path here and, for pytest-xdist
+    workers, on PYTHONPATH."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if cwd not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *parts])
 
 
 def main(argv=None) -> int:
@@ -79,6 +93,8 @@ def main(argv=None) -> int:
 
     import pytest
 
+    if args.adapter:
+        _cwd_importable()
     suite = Path(__file__).with_name("suite.py")
     cmd = [str(suite), "-p", "synth_ref.conformance.plugin", "-p", "no:cacheprovider",
            "--profile", args.profile, "--report", args.report, "-q", "-ra"]

@@ -40,20 +40,30 @@ class Target:
 
 
 def _targets(config) -> list[Target]:
-    names = []
+    """The backends and adapters to certify.  One named explicitly (``--backend NAME``,
+    ``--adapter module:object``) that cannot be loaded -- an unknown name, a module that does not
+    import, an object that is not an adapter -- is a usage error: recorded as skipped it made the run
+    exit 0 with nothing checked, so a typo passed CI.  One that loads but says it is unavailable
+    (``available()`` is False: no GPU here) is skipped with its reason, as documented; so is a
+    broken entry point met only through ``--backend all``."""
+    explicit = []
     for b in config.getoption("--backend") or []:
-        names += [n for n in b.split(",") if n]
+        explicit += [n for n in b.split(",") if n]
+    names = list(explicit)
     if "all" in names:
         names = [n for n in names if n != "all"] + [n for n in backends.names() if n not in names]
     adapters = config.getoption("--adapter") or []
     if not names and not adapters:
         names = ["numpy"]
-    out = []
+    out, broken = [], []
     for n in names:
         try:
             a = backends.get(n)
         except Exception as exc:  # noqa: BLE001 - report, do not crash collection
-            out.append(Target(n, None, False, f"{type(exc).__name__}: {exc}"))
+            why = f"{type(exc).__name__}: {exc}"
+            if n in explicit:
+                broken.append(f"--backend {n}: {why}")
+            out.append(Target(n, None, False, why))
             continue
         ok, why = backends.safe_available(a)
         out.append(Target(a.name if n in backends.BUILTIN else n, a, ok, why))
@@ -61,10 +71,14 @@ def _targets(config) -> list[Target]:
         try:
             a = backends.load(spec)
         except Exception as exc:  # noqa: BLE001
-            out.append(Target(spec, None, False, f"{type(exc).__name__}: {exc}"))
+            broken.append(f"--adapter {spec}: could not load it ({type(exc).__name__}: {exc})")
             continue
         ok, why = backends.safe_available(a)
         out.append(Target(a.name, a, ok, why))
+    if broken:
+        hint = ("; the module must be importable here: installed, on PYTHONPATH, or under the "
+                "directory the command runs in" if any(s.startswith("--adapter") for s in broken) else "")
+        raise pytest.UsageError("synth-ref conformance: " + "; ".join(broken) + hint)
     return out
 
 
