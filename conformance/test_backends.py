@@ -221,3 +221,38 @@ def test_cli_finds_an_adapter_in_the_working_directory(tmp_path):
         import json
 
         assert json.loads(report.read_text())["backends"]["outside"]["counts"]["pass"] > 0, entry
+
+
+def test_an_adapter_checked_on_the_variants_it_claims_only(tmp_path):
+    """``variants`` declares what an adapter implements: those are checked, the rest reported as not
+    claimed.  Before, an adapter had to hand the others to the reference (and they read "pass") or
+    fail every check of them."""
+    import json
+
+    (tmp_path / "partial_adapter.py").write_text(
+        "import synth_ref as sr\n"
+        "from conformance.test_backends import _Minimal\n"
+        "class Adapter(_Minimal):\n"
+        "    name = 'partial'\n"
+        "    variants = ('random', 'aft_simple')\n"
+        "    def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):\n"
+        "        if spec.variant not in self.variants:\n"
+        "            raise NotImplementedError(spec.variant)\n"
+        "        return sr.apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)\n"
+        "ADAPTER = Adapter()\n")
+    report = tmp_path / "r.json"
+    run = _suite_cli(["--adapter", "partial_adapter:ADAPTER", "--report", str(report), "--",
+                      "-k", "(test_forward or test_drawn) and not l1"], cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    entry = json.loads(report.read_text())["backends"]["partial"]
+    assert entry["variants"] == ["random", "aft_simple"]
+    assert set(entry["cells"]) == {"random", "aft_simple"}, entry["cells"].keys()
+    assert entry["counts"]["pass"] > 0 and entry["counts"]["error"] == 0
+    md = report.with_suffix(".md").read_text()
+    assert "| dense | float64 | — |" in md and "| random | float64 | pass" in md
+    assert "not claimed" in run.stdout and "variants: random, aft_simple" in run.stdout
+    with pytest.raises(TypeError, match="adapter.variants"):
+        bad = _Minimal()
+        bad.variants = ("dense", "flash")
+        check_adapter(bad)

@@ -27,6 +27,7 @@ from ._protocol import (
     Adapter,
     DifferentiableAdapter,
     check_adapter,
+    claimed_variants,
     has_vjp,
     safe_available,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "DifferentiableAdapter",
     "available",
     "check_adapter",
+    "claimed_variants",
     "get",
     "has_vjp",
     "load",

@@ -9,6 +9,11 @@ of ``apply`` and ``vjp``, never this protocol.
     A short identifier, used in reports (``"torch"``).
 ``dtypes``
     The dtype names the adapter claims, a subset of :data:`DTYPES`; the suite checks each of them.
+``variants``
+    Optional: the variant names the adapter implements, a subset of ``synth_ref.VARIANTS``
+    (default: every variant).  The suite checks those and reports the others as not claimed,
+    instead of failing an adapter that does not implement them or passing one that hands them to
+    the reference.
 ``available() -> (bool, str)``
     Whether the framework (and device) is usable here, with a reason when it is not.  Must never
     raise, whatever is missing.
@@ -61,6 +66,14 @@ class DifferentiableAdapter(Adapter, Protocol):
     def vjp(self, spec, params: dict, x, dy, *, causal: bool, key_padding_mask) -> tuple[Any, dict]: ...
 
 
+def claimed_variants(adapter) -> tuple[str, ...]:
+    """The variants ``adapter`` claims: its ``variants`` member, or every variant."""
+    from ..variants import VARIANTS
+
+    v = getattr(adapter, "variants", None)
+    return VARIANTS if v is None else tuple(v)
+
+
 def has_vjp(adapter) -> bool:
     return callable(getattr(adapter, "vjp", None))
 
@@ -78,6 +91,12 @@ def check_adapter(obj) -> None:
     bad = [d for d in obj.dtypes if d not in DTYPES]
     if bad or not obj.dtypes:
         raise TypeError(f"adapter.dtypes: expected a non-empty subset of {DTYPES}; got {obj.dtypes!r}")
+    if getattr(obj, "variants", None) is not None:
+        from ..variants import VARIANTS
+
+        v = obj.variants
+        if isinstance(v, str) or not v or [n for n in v if n not in VARIANTS]:
+            raise TypeError(f"adapter.variants: expected a non-empty subset of {VARIANTS}; got {v!r}")
     for a in _REQUIRED[2:]:
         if not callable(getattr(obj, a)):
             raise TypeError(f"adapter.{a}: expected a callable; got {getattr(obj, a)!r}")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..backends._protocol import has_vjp
+from ..backends._protocol import claimed_variants, has_vjp
 from . import gold as g
 from .cases import DTYPES, Case, Inputs, make_inputs
 from .tolerances import tolerance
@@ -216,8 +216,10 @@ def _np_dtype(dtype: str):
 
 def run_case(adapter, case: Case, dtypes=None, kinds=("forward", "gradient")) -> list[Outcome]:
     """Every check of one case on one adapter: each dtype in ``dtypes`` (default: the case's
-    own lists) that the adapter claims."""
+    own lists) that the adapter claims; nothing for a variant it does not claim."""
     out = []
+    if case.variant not in claimed_variants(adapter):
+        return out
     for dtype in DTYPES:
         if dtype not in adapter.dtypes or (dtypes is not None and dtype not in dtypes):
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from .. import backends
-from ..backends import has_vjp
+from ..backends import claimed_variants, has_vjp
 from . import cases as C
 from . import check as K
 from . import gold as G
@@ -175,8 +175,9 @@ class Session:
             metafunc.parametrize("fd_case", fd, ids=[c.variant for c in fd])
 
     def pytest_collection_modifyitems(self, config, items):
-        """Drop the checks a backend does not claim (a dtype outside ``adapter.dtypes``, gradients
-        of a forward-only adapter): the report shows those cells as not claimed."""
+        """Drop the checks a backend does not claim (a dtype outside ``adapter.dtypes``, a variant
+        outside ``adapter.variants``, gradients of a forward-only adapter): the report shows those
+        cells as not claimed."""
         keep, drop = [], []
         for item in items:
             cs = getattr(item, "callspec", None)
@@ -186,6 +187,8 @@ class Session:
                 continue
             dtype = cs.params.get("conformance_dtype")
             unclaimed = dtype is not None and dtype not in t.adapter.dtypes
+            case = cs.params.get("grid_case")
+            unclaimed = unclaimed or (case is not None and case.variant not in claimed_variants(t.adapter))
             no_vjp = item.originalname == "test_gradient" and not has_vjp(t.adapter)
             (drop if unclaimed or no_vjp else keep).append(item)
         if drop:

@@ -52,6 +52,7 @@ def backend_entry(name, adapter, available, reason, records, profile, seconds, p
     a run writes while it goes (a run killed at a time limit leaves that snapshot, so what it
     checked is kept and marked as incomplete)."""
     dtypes = list(getattr(adapter, "dtypes", ())) if adapter is not None else []
+    variants = list(getattr(adapter, "variants", None) or sr.VARIANTS) if adapter is not None else []
     vjp = adapter is not None and callable(getattr(adapter, "vjp", None))
     cells: dict = {}
     for v in sr.VARIANTS:
@@ -67,6 +68,7 @@ def backend_entry(name, adapter, available, reason, records, profile, seconds, p
         "available": bool(available),
         "reason": reason,
         "dtypes": dtypes,
+        "variants": variants,
         "vjp": vjp,
         "profile": profile,
         "run_at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -119,7 +121,7 @@ def _fmt_ratio(r) -> str:
 def _cell_text(entry: dict, variant: str, dtype: str, kind: str) -> str:
     if not entry["available"]:
         return "skip"
-    if dtype not in entry["dtypes"]:
+    if dtype not in entry["dtypes"] or variant not in entry.get("variants", sr.VARIANTS):
         return "—"
     if kind == "gradient" and not entry["vjp"]:
         return "no vjp"
@@ -166,7 +168,7 @@ def markdown(data: dict) -> str:
     out = ["# Conformance report", ""]
     out.append(f"Rule: {data.get('rule', '')}; NaN/Inf where gold is finite always fails.  ")
     out.append("Cells: forward / gradient, with the worst err / tolerance ratio (pass <= 1); "
-               "— = dtype not claimed; no vjp = the adapter is forward-only.")
+               "— = dtype or variant not claimed; no vjp = the adapter is forward-only.")
     out.append("")
     out.append("| backend | result | checks | pass | fail | error | skip | profile | run at | seconds "
                "| note |")
@@ -220,6 +222,12 @@ def _failure_line(f: dict) -> str:
     return f.get("detail", "")
 
 
+def _claimed(entry: dict) -> str:
+    """'' when the backend claims every variant, else '; variants: ...'."""
+    v = entry.get("variants", sr.VARIANTS)
+    return "" if set(v) >= set(sr.VARIANTS) else f"; variants: {', '.join(v)}"
+
+
 def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
     """The readable end-of-run summary: one line per backend, the variant x backend matrix
     (worst over dtypes), and the first failures."""
@@ -243,7 +251,7 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
         lines.append(
             f"  {e['name']:<22} {_overall(e):<7} {c['pass']} passed, {c['fail']} failed, "
             f"{c['error']} errors, {c['skip']} skipped in {e['seconds']} s [{e['profile']}; "
-            f"{', '.join(e['dtypes'])}{'; vjp' if e['vjp'] else '; forward only'}]{w}"
+            f"{', '.join(e['dtypes'])}{'; vjp' if e['vjp'] else '; forward only'}{_claimed(e)}]{w}"
         )
         note = partial_note(e)
         if note:
@@ -260,7 +268,9 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
                     row.append("skip")
                     continue
                 cs = [c for byk in e["cells"].get(v, {}).values() for c in byk.values()]
-                if not cs:
+                if v not in e.get("variants", sr.VARIANTS):
+                    row.append("not claimed")
+                elif not cs:
                     row.append("-")
                 elif any(c["status"] == "fail" for c in cs):
                     row.append("FAIL")
@@ -269,7 +279,7 @@ def summary(data: dict, only: list[str] | None = None, md_path=None) -> str:
                     row.append(f"ok {r:.2f}")
             lines.append("  " + f"{v:<18}" + "".join(f"{t:>{width + 2}}" for t in row))
         lines.append("  (ok r: every check passed; r = worst err / tolerance over dtypes and "
-                     "forward/gradient)")
+                     "forward/gradient; -: nothing run)")
     gc = data.get("gold_check") or {}
     if gc:
         lines.append(f"  gradient gold vs finite differences: worst relative difference "

@@ -99,11 +99,17 @@ def _read(path: Path) -> dict:
     return data
 
 
+def sr_variants() -> tuple[str, ...]:
+    from synth_ref import VARIANTS
+
+    return VARIANTS
+
+
 def cell_text(entry: dict, variant: str, dtype: str, kind: str) -> str:
     """One check's status as Markdown: pass / **fail** with the worst ratio, or why it did not run."""
     if not entry["available"]:
         return "skipped"
-    if dtype not in entry["dtypes"]:
+    if dtype not in entry["dtypes"] or variant not in entry.get("variants", sr_variants()):
         return "not claimed"
     if kind == "gradient" and not entry["vjp"]:
         return "no vjp"
