@@ -41,6 +41,26 @@ def test_control_twin_passes(name):
     assert not bad, "\n".join(o.message() for o in bad[:3])
 
 
+#: Defects the ci grid meets only on rows it lists in float64/float32 (lengths below max_len, the
+#: ``opposed`` regime, large logits behind a mask), for adapters that claim neither.
+LOW_PRECISION_ONLY = ("dense-trailing-columns", "aft-rank-one-shift", "softmax-max-over-masked-keys")
+
+
+@pytest.mark.parametrize("name", LOW_PRECISION_ONLY)
+def test_an_adapter_claiming_only_float16_meets_every_case(name, request):
+    """An adapter that claims none of a case's dtypes is checked in its widest one
+    (``cases.check_dtypes``).  Before, a float16-only adapter (a flash-style kernel) was checked on
+    full-length rows of primary configurations only and these defects read pass; the control twin,
+    float16 too, passes."""
+    bad = W.make(name)
+    bad.dtypes = ("float16",)
+    _caught(bad, _run(bad), request)
+    good = W.make(name, enabled=False)
+    good.dtypes = ("float16",)
+    wrong = [o for o in _run(good) if not o.ok]
+    assert not wrong, "\n".join(o.message() for o in wrong[:3])
+
+
 def _caught(bad, outcomes, request):
     """The failing checks of a wrong adapter's run, printed and recorded for the summary; asserts
     there is at least one."""

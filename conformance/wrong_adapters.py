@@ -262,6 +262,12 @@ def _synth_logits(spec, p, x):
     return _dense_logits(p, x)[..., :l] if spec.variant == "dense" else p["r"][None, :, :l, :l]
 
 
+def _dense_trailing_columns(spec, p, x, causal, mask, bad):
+    l = x.shape[1]
+    s = _dense_logits(p, x)  # (B, h, l, max_len)
+    return softmax_layer(spec, p, x, causal, mask, s[..., -l:] if bad else s[..., :l])
+
+
 def _max_over_masked(spec, p, x, causal, mask, bad):
     return softmax_layer(spec, p, x, causal, mask, _synth_logits(spec, p, x), max_over_all=bad)
 
@@ -408,6 +414,10 @@ DEFECTS = {
     "aft-local-window-off-by-one": (
         "keeps |t - t'| <= s where the spec keeps |t - t'| < s",
         ("aft_local",), _aft_local_window_off_by_one, "(a classic slip)"),
+    "dense-trailing-columns": (
+        "a length l < max_len reads the last l logits of each dense row (s[..., -l:], as for "
+        "right-aligned padding) where the spec reads the first l",
+        ("dense",), _dense_trailing_columns, "(a classic slip)"),
     "aft-conv-kernel-flipped": (
         "applies the kernel as a true convolution (taps reversed) where the spec indexes "
         "w'[t, t'] = w[t' - t + c]",

@@ -427,6 +427,20 @@ _GRIDS_2D = [
 ]
 
 
+def check_dtypes(case: Case, claimed, kind: str) -> tuple[str, ...]:
+    """The dtypes ``case`` is checked in for an adapter claiming ``claimed``: the case's own list
+    (``dtypes`` for kind "forward", ``grad_dtypes`` for "gradient") where the adapter claims any of
+    them, else the widest dtype it claims.  The grid puts most rows in float64/float32 only; without
+    the fallback an adapter claiming only float16/bfloat16 (a flash-style kernel) was checked on
+    full-length rows of primary configurations only, and one without float64 got no gradient check
+    of most secondary configurations, yet read pass."""
+    listed = case.dtypes if kind == "forward" else case.grad_dtypes
+    own = tuple(d for d in DTYPES if d in listed and d in claimed)
+    if own:
+        return own
+    return tuple(d for d in DTYPES if d in claimed)[:1]
+
+
 def _spec(variant: str, opts: dict) -> sr.Spec:
     return sr.Spec(variant, d_model=D_MODEL, max_len=MAX_LEN, **opts)
 

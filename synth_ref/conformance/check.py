@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backends._protocol import claimed_variants, has_vjp
 from . import gold as g
-from .cases import DTYPES, Case, Inputs, make_inputs
+from .cases import DTYPES, Case, Inputs, check_dtypes, make_inputs
 from .tolerances import tolerance
 
 
@@ -215,16 +215,19 @@ def _np_dtype(dtype: str):
 
 
 def run_case(adapter, case: Case, dtypes=None, kinds=("forward", "gradient")) -> list[Outcome]:
-    """Every check of one case on one adapter: each dtype in ``dtypes`` (default: the case's
-    own lists) that the adapter claims; nothing for a variant it does not claim."""
+    """Every check of one case on one adapter: each dtype in ``dtypes`` that the adapter claims
+    (default: :func:`~.cases.check_dtypes`, the case's own lists, or the widest claimed dtype where
+    the adapter claims none of them); nothing for a variant it does not claim."""
     out = []
     if case.variant not in claimed_variants(adapter):
         return out
+    fwd = check_dtypes(case, adapter.dtypes, "forward")
+    grad = check_dtypes(case, adapter.dtypes, "gradient")
     for dtype in DTYPES:
         if dtype not in adapter.dtypes or (dtypes is not None and dtype not in dtypes):
             continue
-        if "forward" in kinds and (dtypes is not None or dtype in case.dtypes):
+        if "forward" in kinds and (dtypes is not None or dtype in fwd):
             out.append(check_forward(adapter, case, dtype))
-        if "gradient" in kinds and has_vjp(adapter) and (dtypes is not None or dtype in case.grad_dtypes):
+        if "gradient" in kinds and has_vjp(adapter) and (dtypes is not None or dtype in grad):
             out.append(check_gradient(adapter, case, dtype))
     return out

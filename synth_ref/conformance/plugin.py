@@ -165,7 +165,9 @@ class Session:
         if "grid_case" in names and "conformance_dtype" in names:
             grad = metafunc.function.__name__ == "test_gradient"
             grid = C.grid(self.profile, self.variants)
-            pairs = [(c, d) for c in grid for d in (c.grad_dtypes if grad else c.dtypes)]
+            # every dtype: collection_modifyitems keeps, per target, the case's own dtypes that it
+            # claims or, where it claims none of them, its widest (cases.check_dtypes)
+            pairs = [(c, d) for c in grid for d in C.DTYPES]
             metafunc.parametrize(
                 "grid_case,conformance_dtype", pairs, ids=[_check_id(c, d) for c, d in pairs]
             )
@@ -182,12 +184,16 @@ class Session:
         for item in items:
             cs = getattr(item, "callspec", None)
             t = cs.params.get("conformance_target") if cs else None
-            if t is None or not t.ok:
-                keep.append(item)
+            case = cs.params.get("grid_case") if cs else None
+            dtype = cs.params.get("conformance_dtype") if cs else None
+            kind = "gradient" if item.originalname == "test_gradient" else "forward"
+            if t is None or not t.ok:  # skipped with the reason: once per check the grid lists
+                listed = case is None or dtype in (case.grad_dtypes if kind == "gradient" else case.dtypes)
+                (keep if listed else drop).append(item)
                 continue
-            dtype = cs.params.get("conformance_dtype")
             unclaimed = dtype is not None and dtype not in t.adapter.dtypes
-            case = cs.params.get("grid_case")
+            if case is not None and dtype is not None:
+                unclaimed = unclaimed or dtype not in C.check_dtypes(case, t.adapter.dtypes, kind)
             unclaimed = unclaimed or (case is not None and case.variant not in claimed_variants(t.adapter))
             no_vjp = item.originalname == "test_gradient" and not has_vjp(t.adapter)
             (drop if unclaimed or no_vjp else keep).append(item)
@@ -255,7 +261,7 @@ class Session:
         """Test id suffix ("<case id>-<dtype>") -> (case, dtype), as pytest_generate_tests makes them."""
         if self._ids is None:
             self._ids = {_check_id(c, d): (c, d) for c in C.grid(self.profile, self.variants)
-                         for d in set(c.dtypes) | set(c.grad_dtypes)}
+                         for d in C.DTYPES}
         return self._ids
 
     def snapshot(self, why: str) -> None:
