@@ -147,6 +147,64 @@ def test_causal_convolution_ignores_the_future():
     assert not torch.allclose(y[:, 4:], y2[:, 4:])
 
 
+def _naive_case(variant):
+    """torch_bench's inputs built from a spec's own tensors (float64), and the spec's mixing step:
+    P V for the softmax family, the AFT weighted average before the sigmoid(Q) gate."""
+    from synth_ref import _aft, _common
+    from synth_ref import _softmax as smx
+
+    xp = pytest.importorskip("array_api_compat.numpy")  # the reference's namespace for NumPy arrays
+
+    B, h, l, e = 2, 2, 6, 3
+    opts = dict(settings.VARIANT_OPTIONS[variant])
+    spec = sr.Spec(variant, d_model=h * e, n_heads=h if sr.REGISTRY[variant].multihead else 1, max_len=l,
+                   **opts)
+    rng = np.random.default_rng(11)
+    p = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in spec.init(seed=0).items()}
+    if variant == "mixture":
+        p["mix_logits"] = np.zeros_like(p["mix_logits"])  # alpha = (1/2, 1/2): the layer at init
+    x = rng.standard_normal((B, l, h * e))
+    ins = {}
+    if spec.family == "softmax":
+        v = _common.split_heads(xp, _common.linear(xp, x, p["w_v"], p["b_v"]), h)
+        want = smx.weights(spec, p, x, xp, False, None) @ v
+        ins["v"] = v
+        pre = (lambda c: f"{c}.") if variant == "mixture" else (lambda c: "")
+        if variant in ("dot_product", "mixture"):
+            for n in "qk":
+                ins[n] = _common.split_heads(
+                    xp, _common.linear(xp, x, p[pre("dot_product") + f"w_{n}"], p[pre("dot_product") + f"b_{n}"]), h)
+        if variant == "dense":
+            ins.update(hid=smx._dense_hidden(xp, p, x, ""), w2=p["w_2"], b2=p["b_2"])
+        if variant in ("random", "mixture"):
+            ins["r"] = p[pre("random") + "r"]
+        if variant == "mixture":  # the rows take unit weights: the spec's alpha folded into q and r
+            ins.update(q=ins["q"] / 2, r=ins["r"] / 2)
+    else:
+        k, v = (_common.linear(xp, x, p[f"w_{n}"], p[f"b_{n}"]) for n in "kv")
+        want = _aft._mix(xp, k, v, p["pos_bias"][None], None)
+        ins.update(K=k, V=v, w=p["pos_bias"][None])
+    return (B, h, l, e), ins, want
+
+
+@pytest.mark.parametrize("variant", ["dot_product", "dense", "random", "mixture", "aft_full"])
+def test_naive_rows_compute_the_spec_mixing_step(variant, monkeypatch):
+    """Every naive row of benchmarks/torch_bench.py (the '× naive' baselines) computes the spec's
+    mixing step, in the dtype it is given: float64 inputs stay float64 (a float32 softmax or GEMM
+    would be a cheaper computation than the layer it is compared with)."""
+    tb = pytest.importorskip("benchmarks.torch_bench")
+    (B, h, l, e), ins, want = _naive_case(variant)
+    monkeypatch.setattr(tb, "fwd_bwd", lambda f, *inputs: (lambda: f(*inputs)))  # forward only
+    x = tb.make_inputs(B, h, l, e, torch.float64, torch.device("cpu"))
+    x.update({n: torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(True) for n, a in ins.items()})
+    rows = [(name, fn) for name, v, fn in tb.baselines(x, B, h, l, e, torch.device("cpu")) if v == variant]
+    assert rows
+    for name, fn in rows:
+        got = fn()
+        assert got.dtype == torch.float64, name
+        np.testing.assert_allclose(got.detach().numpy(), want, *F64, err_msg=name)
+
+
 def test_adapter_targets_from_rows():
     """Issues 5 and 6's targets: ratios per length, judged at l = 4096 (not at the longest length),
     backward = forward + backward - forward, "at least" for the 3x speed-up over the reference, and
