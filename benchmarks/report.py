@@ -66,8 +66,8 @@ def _header(doc) -> list[str]:
         "Ceilings measured on this device: matrix product "
         + ", ".join(f"{dt} {r / 1e9:.3g} GFLOP/s" for dt, r in cal["matmul_flops_per_s"].items())
         + f"; copy {cal['copy_bytes_per_s'] / 1e9:.3g} GB/s (read + write). Floor = max(FLOPs / rate, "
-        f"bytes / bandwidth) with Spec.flops and Spec.memory; forward + backward = "
-        f"{floors.BACKWARD_FACTOR}x the forward floor.",
+        f"bytes / bandwidth) with Spec.flops and Spec.memory; forward + backward: "
+        f"{floors.BACKWARD_FACTOR}x the forward's FLOPs and {floors.BACKWARD_BYTES_FACTOR}x its bytes.",
         "",
     ]
     return lines

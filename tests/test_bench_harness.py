@@ -205,6 +205,23 @@ def test_naive_rows_compute_the_spec_mixing_step(variant, monkeypatch):
         np.testing.assert_allclose(got.detach().numpy(), want, *F64, err_msg=name)
 
 
+def test_floor_backward_factors_follow_their_argument():
+    """floors.py's lower bound for forward + backward: 3x the forward's FLOPs (each matrix product's
+    backward is two of the same size) but 2x its bytes (the backward writes a gradient for every
+    tensor the forward reads and reads one for every tensor it writes: at least the forward's
+    traffic again).  3x the bytes would be no lower bound, and on a memory-bound point (aft_simple on
+    a GPU) it would make the floor up to 1.5x too high."""
+    from benchmarks import floors
+
+    spec = settings.make("cpu", True).spec("aft_simple", 256)
+    fast_math = {"matmul_flops_per_s": {"float32": 1e30}, "copy_bytes_per_s": 1e9}  # memory-bound
+    fw, fb = (floors.floor_fields(spec, 2, 256, "float32", p, fast_math) for p in ("forward", "forward_backward"))
+    assert fb["flops"] == 3 * fw["flops"]
+    assert fb["bytes"] == 2 * fw["bytes"]
+    assert fw["floor_bound"] == fb["floor_bound"] == "memory"
+    assert fb["floor_s"] == pytest.approx(2 * fw["floor_s"])
+
+
 def test_adapter_targets_from_rows():
     """Issues 5 and 6's targets: ratios per length, judged at l = 4096 (not at the longest length),
     backward = forward + backward - forward, "at least" for the 3x speed-up over the reference, and
