@@ -234,7 +234,8 @@ def memory_probe(
     settings, probe_impls, lengths, variants, *, budget_s, must_reach=0, log=print
 ) -> list[dict]:
     """Forward peak memory only, one call per point, over ``lengths`` (longer than the timed sweep
-    reaches): the AFT memory claim needs lengths where the reference's row blocks are full.  A
+    reaches), after one unmeasured warm-up call at the first length of each series (compilation):
+    the AFT memory claim needs lengths where the reference's row blocks are full.  A
     series stops before a length whose call is predicted slower than ``budget_s`` or over the memory
     budget (predicted as in :class:`Series`); the time budget applies only past ``must_reach``."""
     rows = []
@@ -249,6 +250,12 @@ def memory_probe(
                 point = make_point(settings, variant, dtype, length)
                 try:
                     prepared = impl.build(point)
+                    if not times:
+                        # One unmeasured call first: the probe runs before anything else, so this is
+                        # where kernels compile (Triton on a GPU); charged to the first length's time,
+                        # a compile would stop the series there, before it has a growth to report.
+                        # Through peak_memory, so that it runs under the measurement's allocator.
+                        measure.peak_memory(prepared.forward, prepared.sync, prepared.memory)
                     c0, w0 = time.process_time(), time.perf_counter()
                     peak, how = measure.peak_memory(prepared.forward, prepared.sync, prepared.memory)
                     wall, cpu_t = time.perf_counter() - w0, time.process_time() - c0
