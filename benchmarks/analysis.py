@@ -271,6 +271,20 @@ def claim_aft_memory(rows, settings, probe_rows=()) -> dict:
         )
     aft = [t for t in table if t["variant"].startswith("aft")]
     dot = [t for t in table if t["variant"] == "dot_product"]
+    # Series with no growth to fit (one length, then a failure such as running out of memory, or
+    # nothing at all) or that failed past their last measured length: named in the verdict, and an
+    # "agrees" over the others says it is partial.
+    fitted = {(t["impl"], t["variant"]): t["lengths"][1] for t in table}
+    unjudged = {}
+    for r in source:
+        key = (r["impl"], r["variant"])
+        if r["variant"] not in AFT_CLAIM_VARIANTS or r["pass"] != "forward":
+            continue
+        if r["status"] != "ok":
+            upto = f"judged to l={fitted[key]}; then " if key in fitted else ""
+            unjudged[key] = f"{upto}{r['status']} at l={r['length']}"
+        elif key not in fitted:
+            unjudged.setdefault(key, "fewer than two lengths with a peak")
     threshold = math.sqrt(_aft.BLOCK_ELEMENTS / (settings.batch * settings.d_model))
     if not aft or not dot:
         verdict = "not measured (too few lengths)"
@@ -279,7 +293,7 @@ def claim_aft_memory(rows, settings, probe_rows=()) -> dict:
         steeper = [t for t in aft if t["tail_exponent"] > 1 + EXPONENT_SLACK]
         dot_quad = all(t["tail_exponent"] >= 2 - 2 * EXPONENT_SLACK for t in dot)
         if not steeper and dot_quad:
-            verdict = "agrees"
+            verdict = "agrees for the series measured" if unjudged else "agrees"
         elif linear and dot_quad:
             verdict = "partly"
         else:
@@ -290,6 +304,9 @@ def claim_aft_memory(rows, settings, probe_rows=()) -> dict:
             + "; dot-product as "
             + ", ".join(f"l^{t['tail_exponent']:.2f} ({t['impl']})" for t in dot)
         )
+    if unjudged:
+        verdict += "; not judged: " + ", ".join(
+            f"{v}, {i} ({why})" for (i, v), why in sorted(unjudged.items()))
     return {
         "paper": "AFT has memory linear in the context size (Zhai et al. 2021, abstract); dot-product "
         "attention's materialized weights grow as l^2",

@@ -255,6 +255,30 @@ def test_memory_probe_does_not_charge_a_first_call_compile_to_the_budget():
     assert all(r["time_s"] < 0.15 for r in rows), rows  # the compile is not any length's time
 
 
+def test_aft_memory_claim_names_series_it_could_not_judge():
+    """An AFT series that ran out of memory (or failed) after its first length has no growth to
+    fit; the verdict must not read a plain "agrees" over the others while leaving it out unseen."""
+    st = settings.make("cpu", True, batch=1, d_model=64)
+
+    def row(impl, variant, length, peak, status="ok"):
+        return {"impl": impl, "variant": variant, "dtype": "float32", "length": length, "pass": "forward",
+                "status": status, "peak_bytes": peak if status == "ok" else None}
+
+    probe = [row(i, "dot_product", l, 4 * l * l) for i in ("numpy", "torch_direct") for l in (1024, 2048)]
+    probe += [row("torch_direct", "aft_full", l, 1000 * l) for l in (1024, 2048)]
+    probe += [row("numpy", "aft_full", 1024, 1000 * 1024), row("numpy", "aft_full", 2048, None, "out of memory")]
+    c = analysis.claim_aft_memory([], st, probe)
+    assert not c["verdict"].startswith("agrees:"), c["verdict"]
+    assert "aft_full, numpy" in c["verdict"] and "out of memory" in c["verdict"]
+    # with every series judged, the verdict is as before
+    ok = [r for r in probe if r["impl"] != "numpy" or r["variant"] != "aft_full"]
+    assert analysis.claim_aft_memory([], st, ok)["verdict"].startswith("agrees:")
+    # a failure after two measured lengths is named too
+    late = ok + [row("torch_direct", "aft_full", 4096, None, "error: RuntimeError: x")]
+    v = analysis.claim_aft_memory([], st, late)["verdict"]
+    assert v.startswith("agrees for the series measured:") and "judged to l=2048; then error" in v
+
+
 def test_adapter_targets_from_rows():
     """Issues 5 and 6's targets: ratios per length, judged at l = 4096 (not at the longest length),
     backward = forward + backward - forward, "at least" for the 3x speed-up over the reference, and
