@@ -7,8 +7,8 @@ The real benchmark is ``nox -s bench`` (minutes); this stays at a few seconds.
 
 from __future__ import annotations
 
-import json
 import gc
+import json
 import math
 import sys
 import time
@@ -174,8 +174,8 @@ def _naive_case(variant):
         pre = (lambda c: f"{c}.") if variant == "mixture" else (lambda c: "")
         if variant in ("dot_product", "mixture"):
             for n in "qk":
-                ins[n] = _common.split_heads(
-                    xp, _common.linear(xp, x, p[pre("dot_product") + f"w_{n}"], p[pre("dot_product") + f"b_{n}"]), h)
+                w, b = p[pre("dot_product") + f"w_{n}"], p[pre("dot_product") + f"b_{n}"]
+                ins[n] = _common.split_heads(xp, _common.linear(xp, x, w, b), h)
         if variant == "dense":
             ins.update(hid=smx._dense_hidden(xp, p, x, ""), w2=p["w_2"], b2=p["b_2"])
         if variant in ("random", "mixture"):
@@ -217,7 +217,8 @@ def test_floor_backward_factors_follow_their_argument():
 
     spec = settings.make("cpu", True).spec("aft_simple", 256)
     fast_math = {"matmul_flops_per_s": {"float32": 1e30}, "copy_bytes_per_s": 1e9}  # memory-bound
-    fw, fb = (floors.floor_fields(spec, 2, 256, "float32", p, fast_math) for p in ("forward", "forward_backward"))
+    fw, fb = (floors.floor_fields(spec, 2, 256, "float32", p, fast_math)
+              for p in ("forward", "forward_backward"))
     assert fb["flops"] == 3 * fw["flops"]
     assert fb["bytes"] == 2 * fw["bytes"]
     assert fw["floor_bound"] == fb["floor_bound"] == "memory"
@@ -266,7 +267,8 @@ def test_aft_memory_claim_names_series_it_could_not_judge():
 
     probe = [row(i, "dot_product", l, 4 * l * l) for i in ("numpy", "torch_direct") for l in (1024, 2048)]
     probe += [row("torch_direct", "aft_full", l, 1000 * l) for l in (1024, 2048)]
-    probe += [row("numpy", "aft_full", 1024, 1000 * 1024), row("numpy", "aft_full", 2048, None, "out of memory")]
+    probe += [row("numpy", "aft_full", 1024, 1000 * 1024),
+              row("numpy", "aft_full", 2048, None, "out of memory")]
     c = analysis.claim_aft_memory([], st, probe)
     assert not c["verdict"].startswith("agrees:"), c["verdict"]
     assert "aft_full, numpy" in c["verdict"] and "out of memory" in c["verdict"]
