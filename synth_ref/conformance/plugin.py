@@ -163,7 +163,6 @@ class Session:
         if "conformance_target" in names:
             metafunc.parametrize("conformance_target", self.targets, ids=[t.label for t in self.targets])
         if "grid_case" in names and "conformance_dtype" in names:
-            grad = metafunc.function.__name__ == "test_gradient"
             grid = C.grid(self.profile, self.variants)
             # every dtype: collection_modifyitems keeps, per target, the case's own dtypes that it
             # claims or, where it claims none of them, its widest (cases.check_dtypes)
