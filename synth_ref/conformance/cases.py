@@ -427,6 +427,11 @@ _GRIDS_2D = [
 ]
 
 
+def listed_dtypes(case: Case, kind: str) -> tuple[str, ...]:
+    """The dtypes the grid lists for ``case``'s check of ``kind`` ("forward" or "gradient")."""
+    return case.dtypes if kind == "forward" else case.grad_dtypes
+
+
 def check_dtypes(case: Case, claimed, kind: str) -> tuple[str, ...]:
     """The dtypes ``case`` is checked in for an adapter claiming ``claimed``: the case's own list
     (``dtypes`` for kind "forward", ``grad_dtypes`` for "gradient") where the adapter claims any of
@@ -434,7 +439,7 @@ def check_dtypes(case: Case, claimed, kind: str) -> tuple[str, ...]:
     the fallback an adapter claiming only float16/bfloat16 (a flash-style kernel) was checked on
     full-length rows of primary configurations only, and one without float64 got no gradient check
     of most secondary configurations, yet read pass."""
-    listed = case.dtypes if kind == "forward" else case.grad_dtypes
+    listed = listed_dtypes(case, kind)
     own = tuple(d for d in DTYPES if d in listed and d in claimed)
     if own:
         return own

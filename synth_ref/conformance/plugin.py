@@ -187,7 +187,7 @@ class Session:
             dtype = cs.params.get("conformance_dtype") if cs else None
             kind = "gradient" if item.originalname == "test_gradient" else "forward"
             if t is None or not t.ok:  # skipped with the reason: once per check the grid lists
-                listed = case is None or dtype in (case.grad_dtypes if kind == "gradient" else case.dtypes)
+                listed = case is None or dtype in C.listed_dtypes(case, kind)
                 (keep if listed else drop).append(item)
                 continue
             unclaimed = dtype is not None and dtype not in t.adapter.dtypes

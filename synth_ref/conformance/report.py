@@ -15,6 +15,7 @@ from pathlib import Path
 
 import synth_ref as sr
 
+from ..backends._protocol import claimed_variants
 from .cases import DTYPES
 from .tolerances import REF_FACTOR, TOLERANCES
 
@@ -52,7 +53,7 @@ def backend_entry(name, adapter, available, reason, records, profile, seconds, p
     a run writes while it goes (a run killed at a time limit leaves that snapshot, so what it
     checked is kept and marked as incomplete)."""
     dtypes = list(getattr(adapter, "dtypes", ())) if adapter is not None else []
-    variants = list(getattr(adapter, "variants", None) or sr.VARIANTS) if adapter is not None else []
+    variants = list(claimed_variants(adapter)) if adapter is not None else []
     vjp = adapter is not None and callable(getattr(adapter, "vjp", None))
     cells: dict = {}
     for v in sr.VARIANTS:
