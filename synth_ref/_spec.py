@@ -238,9 +238,8 @@ class Spec:
         with no meaning rather than an error.  Symbols (the docs print the formulas with SymPy)
         are not numbers and pass."""
         for name, v in (("batch", batch), ("length", length)):
-            if isinstance(v, numbers.Number) and (
-                    isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
-                raise ValueError(f"{name}: expected a positive integer; got {v!r}")
+            if isinstance(v, numbers.Number):
+                _positive_int(name, v, self.variant)
         if isinstance(length, numbers.Integral) and isinstance(self.max_len, numbers.Integral) \
                 and length > self.max_len:
             raise ValueError(f"length: expected at most max_len={self.max_len}; got {length}")
