@@ -11,6 +11,7 @@ from array_api_compat import array_namespace, is_array_api_obj, is_jax_array, is
 from array_api_compat import device as _device
 
 from ._spec import Spec
+from .variants import RANDOM_ARRAYS
 
 
 def _shape(a) -> tuple:
@@ -142,6 +143,25 @@ def check_causal(spec: Spec, causal) -> bool:
                 f"kernel_size: a non-causal aft_conv needs an odd (centred) kernel; got {spec.kernel_size}"
             )
     return causal
+
+
+def check_layer_options(spec: Spec, dropout, freeze_random) -> tuple[float, bool]:
+    """The training options the torch and NNX layers share: (dropout as a float, freeze_random as a
+    bool), or an error naming the option when the variant has nothing it could act on."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
+    if dropout and spec.family != "softmax":
+        raise ValueError(
+            f"dropout: variant {spec.variant!r} has no attention weights to drop; expected 0, got {dropout}"
+        )
+    if not isinstance(freeze_random, (bool, np.bool_)):
+        raise TypeError(f"freeze_random: expected True or False; got {freeze_random!r}")
+    if freeze_random and not any(n.rpartition(".")[2] in RANDOM_ARRAYS for n in spec.param_shapes()):
+        raise ValueError(
+            f"freeze_random: variant {spec.variant!r} has no random synthesizer arrays "
+            f"{RANDOM_ARRAYS} to freeze; got freeze_random=True"
+        )
+    return float(dropout), bool(freeze_random)
 
 
 def prepare(spec, params, x, causal, key_padding_mask):

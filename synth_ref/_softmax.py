@@ -92,7 +92,13 @@ def weights(spec, p, x, xp, causal, key_padding_mask):
     return xp.broadcast_to(_weights(spec, p, x, xp, causal, key_padding_mask), (B, spec.n_heads, l, l))
 
 
-def apply(spec, p, x, xp, causal, key_padding_mask):
+def mix_values(spec, p, x, xp, weights):
+    """y = concat_i(P_i V_i) w_o + b_o for given weights P (B or 1, h, l, l).  Separate from
+    ``apply`` so that the layers' dropout, which changes P between the softmax and this product,
+    runs the reference's own output step."""
     v = c.split_heads(xp, c.linear(xp, x, p["w_v"], p["b_v"]), spec.n_heads)
-    y = xp.matmul(_weights(spec, p, x, xp, causal, key_padding_mask), v)
-    return c.linear(xp, c.merge_heads(xp, y), p["w_o"], p["b_o"])
+    return c.linear(xp, c.merge_heads(xp, xp.matmul(weights, v)), p["w_o"], p["b_o"])
+
+
+def apply(spec, p, x, xp, causal, key_padding_mask):
+    return mix_values(spec, p, x, xp, _weights(spec, p, x, xp, causal, key_padding_mask))

@@ -27,6 +27,11 @@ VARIANTS = (
     "aft_conv",
 )
 
+#: Leaf names of the random synthesizer's alignment arrays (plain R; factorized R_1, R_2).  The
+#: paper trains them or keeps them fixed at their initial draw ("Fixed Random"); the layers
+#: (torch ``freeze_random``, NNX ``freeze_random``) freeze exactly these, also inside a mixture.
+RANDOM_ARRAYS = ("r", "r_1", "r_2")
+
 #: Every option a ``Spec`` can take beyond (variant, d_model, n_heads, max_len).
 OPTIONS = ("k", "factors", "tiling", "components", "pos_rank", "window", "kernel_size", "spatial_dims")
 

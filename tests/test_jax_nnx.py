@@ -14,7 +14,7 @@ from jax_helpers import CASES, TOL, inputs, rel_err  # noqa: E402
 
 import synth_ref as sr  # noqa: E402
 from synth_ref.backends import jax_pallas as jp  # noqa: E402
-from synth_ref.backends.jax_nnx import SynthLayer  # noqa: E402
+from synth_ref.backends.jax_nnx import Frozen, SynthLayer  # noqa: E402
 
 NAMED = ["mixture", "dense", "aft_conv", "aft_full-rank"]
 
@@ -131,6 +131,67 @@ def test_bad_arguments_name_the_problem():
         SynthLayer(spec, dtype="int32")
     with jax.enable_x64(False), pytest.raises(ValueError, match="dtype: float64 needs jax_enable_x64"):
         SynthLayer(spec, dtype="float64")
+    with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\)"):
+        SynthLayer(spec, dropout=1.0)
+    with pytest.raises(ValueError, match="dropout: variant 'aft_full' has no attention weights to drop"):
+        SynthLayer(CASES["aft_full"], dropout=0.1)
+    with pytest.raises(ValueError, match="freeze_random: variant 'dense' has no random synthesizer arrays"):
+        SynthLayer(CASES["dense"], freeze_random=True)
+    with pytest.raises(TypeError, match="x: expected a jax.Array .*; got ndarray"):
+        SynthLayer(spec)(np.zeros((1, 3, spec.d_model), np.float32))
+
+
+def _opt_step(layer, x):
+    """One SGD step on a squared-output loss, updating nnx.Param only; returns the gradient state."""
+    optax = pytest.importorskip("optax", reason="optax comes with flax")
+    opt = nnx.Optimizer(layer, optax.sgd(0.1), wrt=nnx.Param)
+    grads = nnx.grad(lambda m: jnp.sum(m(x, causal=True) ** 2))(layer)
+    opt.update(layer, grads)
+    return grads
+
+
+@pytest.mark.parametrize("case", ["random", "factorized_random", "mixture"])
+def test_random_r_trains_or_stays_frozen(case):
+    """freeze_random holds exactly the random arrays (the paper's "Fixed Random") as Frozen, under
+    their canonical paths; they keep their values through a training step that moves the rest, and
+    without the flag they train like any parameter."""
+    spec = CASES[case]
+    r_names = {n for n in spec.param_shapes() if n.rpartition(".")[2] in sr.variants.RANDOM_ARRAYS}
+    params, x, _ = inputs(spec)
+    x = jnp.asarray(x, jnp.float32)
+    for frozen in (False, True):
+        layer = SynthLayer(spec, params, freeze_random=frozen)
+        paths = {".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(layer, Frozen))}
+        assert paths == (r_names if frozen else set())
+        before = {k: np.asarray(v) for k, v in layer.params().items()}
+        _opt_step(layer, x)
+        moved = {k for k, v in layer.params().items() if not np.array_equal(np.asarray(v), before[k])}
+        assert moved == set(spec.param_shapes()) - (r_names if frozen else set())
+        # the values still load and read back under the canonical names
+        layer.load(params)
+        assert all(np.allclose(np.asarray(v), params[k], atol=1e-6) for k, v in layer.params().items())
+
+
+def test_dropout_is_unbiased_and_only_in_training():
+    """E[dropout(P)] = P: over many independent draws (one per batch slot) the mean output is the
+    eval-mode output, which is the reference's; the draws differ from call to call, under nnx.jit too."""
+    spec = sr.Spec("dense", d_model=4, n_heads=2, max_len=4)
+    params = spec.init(seed=0)
+    layer = SynthLayer(spec, params, dropout=0.5, seed=1)
+    x1 = np.random.default_rng(0).standard_normal((1, 3, 4)).astype(np.float32)
+    layer.eval()
+    y_eval = np.asarray(layer(jnp.asarray(x1), causal=True))
+    np.testing.assert_allclose(y_eval, sr.apply(spec, params, x1.astype(np.float64), causal=True),
+                               atol=TOL["float32"], rtol=0)
+    layer.train()
+    n = 4000
+    ys = np.asarray(layer(jnp.asarray(np.broadcast_to(x1, (n, 3, 4))), causal=True), np.float64)
+    assert ys.std(0).max() > 0.01  # the draws really differ
+    mean, sem = ys.mean(0), ys.std(0) / n**0.5
+    assert (np.abs(mean - y_eval[0]) <= 5 * sem + 1e-6).all()  # 5 standard errors
+    call = nnx.jit(lambda m, x: m(x, causal=True))
+    a, b = call(layer, jnp.asarray(x1)), call(layer, jnp.asarray(x1))
+    assert not np.array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("case", ["mixture", "aft_full"])

@@ -16,21 +16,38 @@ Name mapping.  A canonical name is the attribute path of its ``nnx.Param`` joine
 and checkpoints written by NNX tools carry the canonical names.  This works because no canonical
 name is a Python keyword or an ``nnx.Module`` attribute, and component names never collide with
 the shared names (w_v, b_v, w_o, b_o, mix_logits), which have no '.'.
+
+Training options, as :class:`synth_ref.backends.torch_nn.MixingLayer` has them: ``freeze_random``
+holds the random synthesizer's R (``r``; ``r_1``, ``r_2``) as :class:`Frozen` variables instead of
+``nnx.Param`` (the paper's "Fixed Random": ``nnx.grad`` and ``nnx.Optimizer(..., wrt=nnx.Param)``
+leave them alone, and the layer stops their gradient), under the same canonical paths;
+``dropout`` drops entries of the attention weights P in training mode (``layer.train()``, the
+default; ``layer.eval()`` turns it off), running the reference's softmax step with dropout between
+P and V.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import synth_ref as sr
-from synth_ref._inputs import param_shapes_of
+from synth_ref import _softmax
+from synth_ref._inputs import check_layer_options, param_shapes_of
+from synth_ref.variants import RANDOM_ARRAYS
 
 from . import jax_pallas
 
 
 class _Component(nnx.Module):
     """Holds one mixture component's arrays (``layer.<component>.<name>``)."""
+
+
+class Frozen(nnx.Variable):
+    """A canonical array the layer holds fixed: the random synthesizer's R under ``freeze_random``.
+    Not an ``nnx.Param``, so parameter-only transforms and optimizers skip it."""
 
 
 class SynthLayer(nnx.Module):
@@ -57,14 +74,28 @@ class SynthLayer(nnx.Module):
     path:
         Which implementation runs (see :func:`synth_ref.backends.jax_pallas.select_path`);
         None: chosen by the platform at call time.
+    dropout:
+        Probability of zeroing an entry of the attention weights P in training mode (softmax
+        variants only; AFT has no weight matrix to drop); kept entries are scaled by
+        1 / (1 - dropout).  While it acts, the reference runs (``path`` is not used).
+    freeze_random:
+        Hold the random synthesizer's arrays (a mixture's random components too) as
+        :class:`Frozen` instead of ``nnx.Param``; an error for a variant without them.
+    rngs:
+        ``nnx.Rngs`` with a ``dropout`` stream for the dropout masks; None: ``nnx.Rngs(dropout=seed)``.
     """
 
     def __init__(self, spec: sr.Spec, params: dict | None = None, *, seed: int = 0, dtype="float32",
-                 path: str | None = None, compute_dtype=None):
+                 path: str | None = None, compute_dtype=None, dropout: float = 0.0,
+                 freeze_random: bool = False, rngs: nnx.Rngs | None = None):
         if not isinstance(spec, sr.Spec):
             raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
         if path is not None:
             jax_pallas.check_path(path)
+        self.dropout, self.freeze_random = check_layer_options(spec, dropout, freeze_random)
+        # Assigned once: NNX fixes an attribute's kind (data or static) at its first assignment.
+        self.drop = (nnx.Dropout(self.dropout, rngs=nnx.Rngs(dropout=seed) if rngs is None else rngs)
+                     if self.dropout else None)
         self.spec = spec
         self.path = path
         self.dtype = _dtype(dtype)
@@ -73,8 +104,6 @@ class SynthLayer(nnx.Module):
 
     def load(self, params: dict) -> None:
         """Replace every parameter with ``params`` (canonical names and shapes, checked)."""
-        import jax.numpy as jnp
-
         want = param_shapes_of(self.spec, params)
         for name, shape in want.items():
             a = params[name]
@@ -83,31 +112,44 @@ class SynthLayer(nnx.Module):
             value = jnp.asarray(a, dtype=self.dtype)
             owner, attr = self._owner(name, create=True)
             var = getattr(owner, attr, None)
-            if isinstance(var, nnx.Param):
+            if isinstance(var, nnx.Variable):
                 var[...] = value
             else:
-                setattr(owner, attr, nnx.Param(value))
+                kind = Frozen if self.freeze_random and attr in RANDOM_ARRAYS else nnx.Param
+                setattr(owner, attr, kind(value))
 
     def params(self) -> dict:
-        """``{canonical name: jax.Array}``, ready for :func:`synth_ref.apply` or ``spec`` tools."""
+        """``{canonical name: jax.Array}``, ready for :func:`synth_ref.apply` or ``spec`` tools
+        (a :class:`Frozen` array comes with its gradient stopped)."""
         out = {}
         for name in self.spec.param_shapes():
             owner, attr = self._owner(name)
-            out[name] = getattr(owner, attr)[...]
+            var = getattr(owner, attr)
+            out[name] = jax.lax.stop_gradient(var[...]) if isinstance(var, Frozen) else var[...]
         return out
 
     def __call__(self, x, *, causal: bool = False, key_padding_mask=None):
         params = self.params()
+        if self.compute_dtype is None and not isinstance(x, jax.Array):
+            # The spec would refuse the pairing by naming params['w_v']; say it of x here.
+            raise TypeError(f"x: expected a jax.Array (the layer holds JAX arrays; convert x with "
+                            f"jnp.asarray, or give compute_dtype); got {type(x).__name__}")
         if self.compute_dtype is not None:
-            import jax.numpy as jnp
-
             dt = getattr(x, "dtype", None)  # an integer x is refused, as the spec refuses it
             if dt is None or not jnp.issubdtype(dt, jnp.floating):
                 raise TypeError(f"x: expected a floating-point array; got {type(x).__name__} of dtype {dt}")
             params = {k: v.astype(self.compute_dtype) for k, v in params.items()}
             x = jnp.asarray(x).astype(self.compute_dtype)
+        if self.drop is not None and not self.drop.deterministic:
+            return self._forward_with_dropout(params, x, causal, key_padding_mask)
         return jax_pallas.apply(self.spec, params, x, causal=causal,
                                 key_padding_mask=key_padding_mask, path=self.path)
+
+    def _forward_with_dropout(self, params, x, causal, key_padding_mask):
+        """The reference's softmax output step with dropout between P and V (as the torch layer
+        does: dropout is a training device, not part of the spec's math)."""
+        p = sr.attention_weights(self.spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
+        return _softmax.mix_values(self.spec, params, x, jnp, self.drop(p))
 
     def _owner(self, name: str, create: bool = False):
         """(module, attribute) holding canonical ``name``."""
@@ -122,9 +164,6 @@ class SynthLayer(nnx.Module):
 
 
 def _dtype(dtype, what="dtype"):
-    import jax
-    import jax.numpy as jnp
-
     try:
         dt = jnp.dtype(dtype)
     except TypeError:

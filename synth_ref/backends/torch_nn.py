@@ -25,14 +25,15 @@ from array_api_compat import array_namespace
 from torch import nn
 
 import synth_ref as sr
-from synth_ref._inputs import check_causal, check_x, convert_mask, param_shapes_of
+from synth_ref import _softmax
+from synth_ref._inputs import check_causal, check_layer_options, check_x, convert_mask, param_shapes_of
 
 from . import torch_triton
 
 __all__ = ["MixingLayer"]
 
 #: Leaf names of the random synthesizer's R (plain and factorized), frozen by ``freeze_random``.
-RANDOM_LEAVES = ("r", "r_1", "r_2")
+RANDOM_LEAVES = sr.variants.RANDOM_ARRAYS
 
 
 class _Component(nn.Module):
@@ -86,18 +87,12 @@ class MixingLayer(nn.Module):
         super().__init__()
         if not isinstance(spec, sr.Spec):
             raise TypeError(f"spec: expected a synth_ref.Spec; got {type(spec).__name__}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
-        if dropout and spec.family != "softmax":
-            raise ValueError(
-                f"dropout: variant {spec.variant!r} has no attention weights to drop; "
-                f"expected 0, got {dropout}"
-            )
+        dropout, freeze_random = check_layer_options(spec, dropout, freeze_random)
         if kernels not in torch_triton.KERNEL_MODES:
             raise ValueError(f"kernels: expected one of {torch_triton.KERNEL_MODES}; got {kernels!r}")
         self.spec = spec
-        self.dropout = float(dropout)
-        self.freeze_random = bool(freeze_random)
+        self.dropout = dropout
+        self.freeze_random = freeze_random
         self.kernels = kernels
         #: Which implementation the last forward ran: "eager: <why>" or "triton:<kernel>".
         self.last_path: str | None = None
@@ -211,14 +206,9 @@ class MixingLayer(nn.Module):
     def _forward_with_dropout(self, params, x, causal, mask):
         """The reference's softmax output step with dropout between P and V (kept here, not in the
         spec, because dropout is a training device and not part of the layer's math)."""
-        spec = self.spec
-        p = sr.attention_weights(spec, params, x, causal=causal, key_padding_mask=mask)
+        p = sr.attention_weights(self.spec, params, x, causal=causal, key_padding_mask=mask)
         p = nn.functional.dropout(p, self.dropout, training=True)
-        B, l, d = x.shape
-        h, e = spec.n_heads, spec.head_dim
-        v = (x @ params["w_v"] + params["b_v"]).reshape(B, l, h, e).transpose(1, 2)
-        y = (p @ v).transpose(1, 2).reshape(B, l, d)
-        return y @ params["w_o"] + params["b_o"]
+        return _softmax.mix_values(self.spec, params, x, array_namespace(x), p)
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.spec.options().items())
