@@ -198,9 +198,11 @@ class Spec:
     def init(self, seed: int = 0, dtype="float64") -> dict[str, np.ndarray]:
         """Draw parameters: NumPy arrays, float64 unless ``dtype`` says otherwise.
 
-        Weight matrices are N(0, 1/fan_in); biases, mixture logits, position biases and
-        conv_beta start at 0, conv_gamma at 1; R and conv_w ~ N(0, 1); R1, R2 ~ N(0, k^-1/2) so
-        R1 R2^T has unit variance; pos_u ~ N(0, 0.1^2) with pos_v = 0 so that w starts at 0 yet both train.
+        Weight matrices are N(0, 1/fan_in); biases, mixture logits, position biases, conv_gamma
+        and conv_beta start at 0; R and conv_w ~ N(0, 1); R1, R2 ~ N(0, k^-1/2) so R1 R2^T has unit
+        variance; pos_u ~ N(0, 0.1^2) with pos_v = 0 so that w starts at 0 yet both train.
+        conv_gamma = conv_beta = 0 is the AFT paper's ("both initialized as 0", Sec. 3.2): every
+        kernel w_hat starts at 0 (AFT-conv starts as AFT-simple) and the gain trains from step one.
         """
         try:
             dt = np.dtype(dtype)
@@ -223,11 +225,9 @@ class Spec:
                 a = rng.standard_normal(shape) * 0.1
             elif n == "conv_w":
                 a = rng.standard_normal(shape)
-            elif n == "conv_gamma":
-                a = np.ones(shape)
             elif n.startswith("w_"):
                 a = rng.standard_normal(shape) / math.sqrt(shape[-2])
-            else:  # biases, mix_logits, pos_bias, pos_v, conv_beta
+            else:  # biases, mix_logits, pos_bias, pos_v, conv_gamma, conv_beta
                 a = np.zeros(shape)
             out[full] = a.astype(dt)
         return out

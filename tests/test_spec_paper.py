@@ -252,3 +252,21 @@ def test_mixture_is_the_authors_alpha_form(causal):
         heads.append(_softmax_mix(logits, v[:, cols], causal))
     want = np.concatenate(heads, axis=1) @ p["w_o"] + p["b_o"]
     assert_allclose(sr.apply(spec, p, x, causal=causal), want[None], *F64)
+
+
+# --- initialisation the papers state -----------------------------------------------------------
+
+@pytest.mark.parametrize("spatial_dims, kernel_size", [(1, 3), (2, 3)])
+def test_aft_conv_init_is_the_papers_zero_gain_and_bias(spatial_dims, kernel_size):
+    """Zhai et al. Sec. 3.2: gamma, beta in R^h "both initialized as 0", so every reparameterized
+    kernel starts at w^i = 0 and AFT-conv starts as AFT-simple (its gain still gets a gradient,
+    sum_j dL/dw_j (w_j - mean) / std, from the first step)."""
+    spec = sr.Spec("aft_conv", d_model=4, n_heads=2, max_len=12, kernel_size=kernel_size,
+                   spatial_dims=spatial_dims)
+    p = spec.init(seed=0)
+    assert np.array_equal(p["conv_gamma"], np.zeros(2)) and np.array_equal(p["conv_beta"], np.zeros(2))
+    shape = (2, 3, 4, 4) if spatial_dims == 2 else (2, 12, 4)
+    x = np.random.default_rng(1).standard_normal(shape)
+    simple = sr.Spec("aft_simple", d_model=4, max_len=12)
+    want = sr.apply(simple, {n: p[n] for n in simple.param_shapes()}, x.reshape(2, 12, 4))
+    assert_allclose(sr.apply(spec, p, x), want.reshape(shape), *F64)

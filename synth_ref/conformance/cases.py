@@ -2,7 +2,7 @@
 
 A :class:`Case` names a layer (a :class:`synth_ref.Spec`), a shape, causal or not, a mask regime
 and a value regime, and a seed.  :func:`make_inputs` turns it into float64 NumPy arrays for one
-dtype: every parameter drawn at random (never ``Spec.init``'s zero biases, unit gamma, zero beta,
+dtype: every parameter drawn at random (never ``Spec.init``'s zero biases, zero gamma and beta,
 which hide bugs), x, the mask and the output cotangent dy, all rounded to that dtype, so that the
 backend and gold see the same numbers.
 

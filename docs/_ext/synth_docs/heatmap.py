@@ -19,11 +19,14 @@ SEED = 0
 
 def display_params(spec: sr.Spec) -> dict:
     """``spec.init(seed=0)``, except that a full position bias (initialised to 0) becomes a recency
-    bias 2 - |t - t'| / 2, so AFT-full's and AFT-local's maps show what w' does."""
+    bias 2 - |t - t'| / 2, so AFT-full's and AFT-local's maps show what w' does, and AFT-conv's gain
+    (initialised to 0, which makes every kernel 0) becomes 1, so its maps show the kernels."""
     params = spec.init(seed=SEED)
     if "pos_bias" in params:
         t = np.arange(spec.max_len)
         params["pos_bias"] = 2.0 - np.abs(t[:, None] - t[None, :]) / 2.0
+    if "conv_gamma" in params:
+        params["conv_gamma"] = np.ones_like(params["conv_gamma"])
     return params
 
 
