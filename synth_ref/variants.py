@@ -101,6 +101,14 @@ _AFT_EMPTY = (
     "A position with no allowed key (all masked) outputs Y = 0 before the output projection.",
     "The normalizer is an empty sum; 0 keeps the layer finite and its gradient defined.",
 )
+_AFT_POS_INIT = (
+    "Spec.init starts w at exactly 0: pos_bias = 0, or pos_u ~ N(0, 0.1^2) with pos_v = 0.  The "
+    "paper's experiments draw u and v (and the unfactorized w of its ablation) from N(0, 10^-2), "
+    "which starts w near 0 (std about 0.01 sqrt(r)) but not at it.",
+    "A zero bias starts the layer as AFT-simple, as the paper's own AFT-conv initialization "
+    "(gamma = beta = 0) does, and makes the initial layer independent of the seed's draw of the "
+    "biases; with pos_v = 0, pos_v gets a gradient at once and pos_u from the second step.",
+)
 _AFT_STABLE = (
     "Before exp, each (t, channel) subtracts the maximum of K[t', c] + w'[t, t'] over its allowed "
     "t' only.",
@@ -195,7 +203,10 @@ _add(Variant(
     conventions=(
         ("Head i has its own two-layer MLP d -> e -> L (w_1[i], w_2[i]).",
          "With n_heads = 1 this is exactly the paper's F(X) = W2 relu(W1 X + b1) + b2 with cost "
-         "d^2 + dL; heads split the hidden layer so the cost stays d^2 + dL."),
+         "d^2 + dL; heads split the hidden layer so the cost stays d^2 + dL.  The authors' Mesh "
+         "TensorFlow code (synthesize_mode='dense_minus') splits the hidden layer the same way but "
+         "shares one e x L output matrix among the heads (cost d^2 + eL); a W2 per head is the "
+         "reading whose cost is the paper's."),
         _SLICE, _NO_SCALE, _MASKED_ROW,
     ),
 ))
@@ -299,7 +310,7 @@ _add(Variant(
          "The paper's definition; K * w (a defect seen in public code) is another function and "
          "NaNs under -inf masks."),
         ("pos_rank=r factorizes w as pos_u pos_v^T.", "The paper's factorized position biases."),
-        _AFT_STABLE, _AFT_EMPTY, _SLICE,
+        _AFT_POS_INIT, _AFT_STABLE, _AFT_EMPTY, _SLICE,
     ),
 ))
 _add(Variant(
@@ -339,7 +350,14 @@ _add(Variant(
          "The paper keeps global connectivity ('while maintaining global connectivity'); -inf "
          "would make it local attention."),
         ("window=s keeps |t - t'| < s; s >= l equals AFT-full.", "The paper's definition."),
-        _AFT_STABLE, _AFT_EMPTY, _SLICE,
+        ("The position bias is stored whole for every window: pos_bias (L, L), or pos_u, pos_v "
+         "(L, r); only entries with |t - t'| < s are read, and paper_param_count counts what is "
+         "stored (L^2 or 2Lr).",
+         "One layout for aft_full and aft_local, so parameters move between them.  The paper "
+         "counts the same way: its Table 3 gives AFT-local-256 9.6M parameters per layer unfactorized "
+         "and 0.6M factorized at T = 3072, d = 256, r = 64, i.e. T^2 + 3d^2 and 2Tr + 3d^2; the band "
+         "alone would have L(2s - 1) - s(s - 1) entries (s <= L)."),
+        _AFT_POS_INIT, _AFT_STABLE, _AFT_EMPTY, _SLICE,
     ),
 ))
 _add(Variant(
@@ -360,6 +378,16 @@ _add(Variant(
          "s or s x s taps), then scales by gamma_i and shifts by beta_i.",
          "The paper's per-head reparameterization; normalising all heads jointly (a defect seen "
          "in public code) couples heads."),
+        ("std(w_i) is sqrt(var(w_i) + 1e-5), not the paper's plain standard deviation.",
+         "The paper's std is 0 for a constant kernel (always so for s = 1), where its formula "
+         "divides 0 by 0; 1e-5, as in layer normalisation, keeps w_hat finite and moves a kernel "
+         "of unit variance by about 5e-6 relative."),
+        ("K has one channel per feature (w_k is (d, d)), as in the other AFT variants; the paper "
+         "ties K to the heads (K in R^{T x h}, W^K in R^{d x h}).",
+         "One projection layout for every AFT variant, and a per-channel key is a strict "
+         "generalization: the paper's layer is exactly the case where the columns of w_k and b_k "
+         "are equal within each head (tests/test_spec_paper.py checks Eq. 6 that way).  The "
+         "price is d^2 - d h more parameters in w_k than the paper's W^K."),
         ("Offsets: c = (s - 1) / 2 (s odd) when not causal; causal: c = s - 1, so t' runs over "
          "t - s + 1 ... t.", "A centred kernel needs s odd; the causal kernel looks back only."),
         ("spatial_dims=2: x is (B, H, W, d), positions are grid cells (H * W <= max_len), the "

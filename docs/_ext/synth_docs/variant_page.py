@@ -91,7 +91,8 @@ def complexity_section(spec: sr.Spec, found: dict) -> tuple[list[str], bool]:
 
 def conventions_section(info) -> list[str]:
     out = ["## Conventions pinned down\n",
-           "Where the paper is vague, the reference decides; each decision and why:\n"]
+           "Where the paper is vague, the reference decides, and where it departs from the paper it "
+           "says so; each decision and why:\n"]
     for i, (what, why) in enumerate(info.conventions, 1):
         out.append(f"{i}. **{md.text(what)}**  \n   Why: {md.text(why)}\n")
     if not info.conventions:
