@@ -247,9 +247,10 @@ _add(Variant(
          "The paper requires a x b = l and gives no default."),
         ("tiling='outer' (default) uses every product A[p] * B[q] exactly once; tiling='tile' is "
          "the literal reading 'duplicate the vector'.",
-         "With tiling, when gcd(a, b) > 1 most pairs A[p] B[q] never appear and the logits repeat "
-         "with period lcm(a, b) < L; the paper's stated aim, 'to avoid having similar values "
-         "within the same block', is met only by the outer composition."),
+         "With tiling, only lcm(a, b) = L / gcd(a, b) of the a b pairs A[p] B[q] ever appear (half "
+         "or fewer when gcd(a, b) > 1) and the logits repeat with period lcm(a, b) < L; the "
+         "paper's stated aim, 'to avoid having similar values within the same block', is met only "
+         "by the outer composition."),
         _SLICE, _NO_SCALE, _MASKED_ROW,
     ),
 ))

@@ -292,3 +292,15 @@ DEPARTURES = [
 def test_departures_from_the_papers_are_documented(variant, phrase):
     conventions = sr.variants.REGISTRY[variant].conventions
     assert any(phrase in what + " " + why for what, why in conventions), (variant, phrase)
+
+
+@pytest.mark.parametrize("factors", [(2, 4), (4, 6), (3, 9), (2, 3)])
+def test_tile_uses_only_l_over_gcd_of_the_pairs(factors):
+    """The reason the registry gives for tiling='outer': the literal duplication C[m] = A[m mod a]
+    B[m mod b] meets only lcm(a, b) = L / gcd(a, b) of the a b pairs (Chinese remainder theorem),
+    so half of them are missing at gcd = 2, not 'most'."""
+    a, b = factors
+    pairs = {(m % a, m % b) for m in range(a * b)}
+    assert len(pairs) == math.lcm(a, b) == a * b // math.gcd(a, b)
+    why = dict(sr.variants.REGISTRY["factorized_dense"].conventions)
+    assert any("L / gcd(a, b)" in reason for reason in why.values())
