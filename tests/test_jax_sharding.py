@@ -142,7 +142,10 @@ def _child():
             runs.append((n, "adapter", jp.apply, padded))
     for name, impl, apply_fn, padded in runs:
         spec = _specs()[name]
-        params = {k: jnp.asarray(v, jnp.float32) for k, v in spec.init(seed=1).items()}
+        # init leaves biases, pos_bias and AFT-conv's gain at 0 (a zero kernel, a zero position
+        # term): draw those too, so that a sharding error in their terms changes the numbers.
+        params = {k: jnp.asarray(v if np.any(v) else 0.3 * rng.standard_normal(v.shape), jnp.float32)
+                  for k, v in spec.init(seed=1).items()}
         x = jnp.asarray(rng.standard_normal((4, L, D)), jnp.float32)
         mask = jnp.asarray(np.arange(L)[None, :] < np.array([L, L - 7, L, 3])[:, None]) if padded else None
         dy = jnp.asarray(rng.standard_normal((4, L, D)), jnp.float32)
