@@ -8,9 +8,11 @@ model reads it left to right (causal) and predicts each next token; only the cop
 predictable, so the loss is measured there.  Copying needs to look back exactly n + 1 positions,
 which every variant can learn: from content and position embeddings (dot product, dense, AFT's
 gates and keys), or from learned position logits alone (random synthesizer, AFT position biases).
-Chance level is log(vocab); a model that copies perfectly reaches 0.
+Chance level is log(vocab - 1) (the copied tokens are drawn from 1 .. vocab - 1; 0 is the
+separator); a model that copies perfectly reaches 0.
 
-Prints, per variant: held-out loss before and after training, copy accuracy, seconds.
+Prints, per variant: held-out loss and copy accuracy before and after training, seconds, and the
+path the first layer's forward took (``MixingLayer.last_path``).
 """
 
 from __future__ import annotations

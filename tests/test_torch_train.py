@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,10 @@ def test_loss_falls(example, one_thread, variant):
     r = example.train(variant, steps=STEPS)
     assert r["loss_after"] < RATIO * r["loss_before"], r
     assert r["acc_after"] > r["acc_before"] + 0.15, r
+
+
+def test_docstring_states_the_chance_level_train_reports(example):
+    """The docstring's chance level is the one ``train`` reports (uniform over the vocab - 1 tokens
+    that can be copied), not log(vocab)."""
+    assert "Chance level is log(vocab - 1)" in example.__doc__
+    assert example.train("aft_simple", steps=1, vocab=8)["chance_loss"] == math.log(7)
