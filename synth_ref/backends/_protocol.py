@@ -1,8 +1,10 @@
 """The backend adapter protocol: what the conformance suite needs from an implementation.
 
-An adapter is any object with the attributes below.  The built-in ones (``numpy``,
-``array_api_strict``, ``torch``, ``torch-cuda``, ``jax``, ``cupy``) run the reference
-:func:`synth_ref.apply` on their framework's arrays; accelerated implementations replace the bodies
+An adapter is any object with the attributes below.  Of the built-in ones (``BUILTIN`` in
+:mod:`synth_ref.backends`), ``numpy`` and ``array_api_strict`` run the reference
+:func:`synth_ref.apply` itself; ``torch``/``torch-cuda`` run Triton kernels where one covers the case,
+``jax`` XLA rewrites or Pallas kernels by platform, ``cupy`` CUDA kernels with hand-derived backward
+passes, each falling back to the reference elsewhere.  Accelerated implementations replace the bodies
 of ``apply`` and ``vjp``, never this protocol.
 
 ``name``
