@@ -31,8 +31,9 @@ from .cupy_impl import NumpyHandVjpAdapter
 
 #: Where emu.h lives.
 EMU_DIR = ck.CUDA_DIR / "emu"
-#: Threads per block of the block-cooperative kernels (the softmax rows): one warp, so that rows
-#: longer than 32 keys exercise the strided loops and the tree reductions.
+#: Threads per block of the block-cooperative kernels (the softmax rows), one warp, so that rows
+#: longer than 32 keys exercise the strided loops and the tree reductions.  (No colon in the first
+#: line: Sphinx's napoleon would read the text before it as the attribute's type.)
 EMU_THREADS = 32
 _C_TYPES = {"ptr": ("void*", ctypes.c_void_p), "i32": ("int", ctypes.c_int),
             "i64": ("long long", ctypes.c_longlong)}

@@ -94,7 +94,8 @@ class MixingLayer(nn.Module):
         self.dropout = dropout
         self.freeze_random = freeze_random
         self.kernels = kernels
-        #: Which implementation the last forward ran: "eager: <why>" or "triton:<kernel>".
+        #: Which implementation the last forward ran, a string starting "eager" (then why the
+        #: reference ran) or "triton" (then the kernel); None before the first call.
         self.last_path: str | None = None
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if not dtype.is_floating_point:

@@ -88,7 +88,7 @@ class NumpyHandVjpAdapter:
 
     @property
     def ops(self):
-        """The fused steps the passes run with (``None``: the Array-API steps)."""
+        """The fused steps the passes run with, or ``None`` for the Array-API steps."""
         return self._ops
 
     def available(self):
