@@ -73,7 +73,7 @@ class SynthLayer(nnx.Module):
         float32).
     path:
         Which implementation runs (see :func:`synth_ref.backends.jax_pallas.select_path`);
-        None: chosen by the platform at call time.
+        None: chosen at call time, by ``$SYNTH_REF_JAX_PATH`` if set, else by the platform.
     dropout:
         Probability of zeroing an entry of the attention weights P in training mode (softmax
         variants only; AFT has no weight matrix to drop); kept entries are scaled by
