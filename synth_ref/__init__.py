@@ -43,14 +43,27 @@ def apply(spec: Spec, params: dict, x, *, causal: bool = False, key_padding_mask
         (batch, length, d_model) with length <= max_len; for aft_conv with spatial_dims=2,
         (batch, height, width, d_model) with height * width <= max_len.  Any Array-API array.
     causal:
-        Position t sees only t' <= t.
+        Position t sees only t' <= t.  Must be True for aft_conv with an even kernel_size and False
+        for aft_conv with spatial_dims=2.
     key_padding_mask:
         (batch, length) boolean, True for real tokens; keys where it is False are ignored.  NumPy,
-        or x's namespace on x's device (JAX aside).
+        or x's namespace on x's device (JAX aside).  Not allowed for aft_conv with spatial_dims=2.
 
     Returns
     -------
-    An array of x's namespace, device, dtype and shape.
+    y
+        An array of x's namespace, device, dtype and shape.
+
+    Raises
+    ------
+    TypeError
+        A spec that is not a :class:`Spec`, an x that is not a real floating array, params that are
+        not a dict of floating arrays of x's dtype and namespace (or NumPy), a causal that is not a
+        bool, a mask that is not a boolean array of x's namespace (or NumPy).
+    ValueError
+        Any shape, name or size that does not match the spec (x's rank, d_model or length; a
+        missing or extra parameter; the mask's shape), an array on another device, and the aft_conv
+        cases above.
     """
     family, p, xp, causal, mask = _prepare(spec, params, x, causal, key_padding_mask)
     return family.apply(spec, p, x, xp, causal, mask)

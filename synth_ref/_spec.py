@@ -52,7 +52,9 @@ class Spec:
     window:
         aft_local: keep the bias where ``|t - t'| < window``.  Required.
     kernel_size:
-        aft_conv: s, the kernel's taps per spatial axis.  Required; odd for spatial_dims=2.
+        aft_conv: s, the kernel's taps per spatial axis.  Required; odd for spatial_dims=2.  An
+        even s is accepted for spatial_dims=1 but is causal only: :func:`synth_ref.apply` refuses
+        it with ``causal=False`` (a centred kernel needs s odd).
     spatial_dims:
         aft_conv: 1 (sequences, default) or 2 (grids, x of shape (B, H, W, d)).
     """
@@ -167,6 +169,7 @@ class Spec:
 
     @property
     def family(self) -> str:
+        """The variant's family, ``"softmax"`` or ``"aft"`` (its registry entry's)."""
         return self.info.family
 
     @property
