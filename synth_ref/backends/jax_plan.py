@@ -29,7 +29,8 @@ _SDPA_COMPONENTS = {"dot_product", "dense", "random", "factorized_random"}
 _FLASH_COMPONENTS = _SDPA_COMPONENTS | {"factorized_dense"}
 _AFT_KERNEL_VARIANTS = {"aft_full", "aft_local", "aft_conv"}
 # Compiled Pallas kernels take the TPU's matmul dtypes; float16 and float64 run the reference there.
-# (The interpreter runs every dtype, so conformance checks the kernels' logic in all four.)
+# (The interpreter runs every dtype; the jax-pallas-interpret backend claims float64, for the
+# kernels' logic at gold precision, and these two, which a compiled kernel can meet: jax.py.)
 _PALLAS_DTYPES = ("float32", "bfloat16")
 
 
