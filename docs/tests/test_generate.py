@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html as html_lib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -85,6 +86,11 @@ def test_variant_page_has_every_fact(variant):
         assert md.code(name) in page
     assert f"../img/{variant}.png" in page
     assert conformance_report.NOT_RUN in page
+    # every symbol of the paper's cost column is explained (aft_conv's h s^n: n = spatial_dims)
+    cells = re.findall(r"\{math\}`([^`]*)`", page.split("## Symbols\n", 1)[1])
+    explained = {name for cell in cells for name in cell.split(",\\ ")}
+    for x in symbolic.paper_cost(samples.numeric_spec(variant)).free_symbols:
+        assert str(x) in explained, (variant, x, explained)
 
 
 @pytest.mark.parametrize("variant", ["dense", "aft_conv"])

@@ -142,5 +142,6 @@ def render(variant: str, report) -> tuple[str, bool]:
     out += conventions_section(info)
     out += weights_section(variant)
     out += conformance_report.variant_section(variant, report)
-    out += symbols_section(found, [found["flops"], *found["memory"].values(), found["param_count"]])
+    out += symbols_section(found, [found["flops"], *found["memory"].values(), found["param_count"],
+                                   symbolic.paper_cost(spec)])  # the paper's column has its own (n)
     return "\n".join(out), agrees
