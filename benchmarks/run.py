@@ -213,7 +213,9 @@ def parse(argv=None):
     )
     ap.add_argument("--causal", action="store_true", help="measure with a causal mask")
     ap.add_argument("--variants", nargs="+", metavar="VARIANT", help="a subset of the variants")
-    ap.add_argument("--max-length", type=int, help="drop lengths above this")
+    ap.add_argument("--max-length", type=int,
+                    help="drop the sweep's lengths above this (the random-vs-convolution claim and "
+                         "the AFT memory probe keep their own lengths)")
     ap.add_argument(
         "--backends",
         nargs="+",
