@@ -46,7 +46,7 @@ def _header(doc) -> list[str]:
         "",
         f"Layer: B={st['batch']}, d_model={st['d_model']}, n_heads={st['n_heads']} (1 for aft_full, "
         f"aft_simple, aft_local), max_len = l, causal={st['causal']}; options "
-        + "; ".join(f"{v} {o}" for v, o in st["variant_options"].items() if o)
+        + ("; ".join(f"{v} {o}" for v, o in st["variant_options"].items() if o) or "none")
         + ".",
         "",
         f"Timing: median of {st['repeats']} calls after {st['warmup']} warm-up, as "
