@@ -394,8 +394,8 @@ _OPPOSED = [
     ("L", True, "none", "opposed", HI, F64),
 ]
 # Cases of the deep profile (same ids, seeds, hence inputs) on which a kernel was found wrong, now
-# also at the end of the ci and kernels grids, float32 forward and gradient, so every backend meets
-# them in CI.  (variant, index in CONFIGS, batch, length, causal, mask, values, seed)
+# also at the end of the ci and kernels grids, forward and gradient in the dtype each was found in,
+# so every backend meets them in CI.
 #: Regression cases the deep profile found: (variant, CONFIGS index, batch, l, causal, mask, values,
 #: seed, dtype); appended to the ci and kernels grids in that dtype only.
 _DEEP_FINDS = [
