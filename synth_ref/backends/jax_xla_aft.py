@@ -44,7 +44,8 @@ from .jax_pallas_flash import accumulator
 
 #: Largest proven excess of the rank-one shift over the exact max, per accumulation dtype.
 GAP = {"float32": 40.0, "float64": 300.0}
-#: Elements of one (B, rows, l, d) block in the exact fallback (as synth_ref._aft.BLOCK_ELEMENTS).
+#: Elements of one (B, rows, l, d) block in the exact fallback: the role of synth_ref._aft.BLOCK_ELEMENTS,
+#: a quarter of its 2^24.
 FALLBACK_BLOCK_ELEMENTS = 1 << 22
 
 
