@@ -29,7 +29,8 @@ import numpy as np
 from . import cupy_kernels as ck
 from .cupy_impl import NumpyHandVjpAdapter
 
-#: Where emu.h lives.
+# Where emu.h lives (a plain comment: as documented module data the API page would print this
+# machine's absolute path).
 EMU_DIR = ck.CUDA_DIR / "emu"
 #: Threads per block of the block-cooperative kernels (the softmax rows), one warp, so that rows
 #: longer than 32 keys exercise the strided loops and the tree reductions.  (No colon in the first
