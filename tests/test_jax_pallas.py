@@ -521,6 +521,41 @@ def test_aft_simple_scan_survives_a_spread_of_160(causal):
     assert max(errs.values()) <= GRAD_TOL["float32"], errs
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_aft_simple_scan_gradient_on_saturated_rows(causal):
+    """K spread over +-1e4 (float32): nearly every row's weights are one-hot.  The reference's
+    autodiff differentiates through its max, so the dominant key's dK arrives as minus the other
+    keys' small terms and is exact; with the shift stop_gradient-ed the scan formed it as
+    dO (V - Y) / den, two nearly equal numbers (dK off by 1e-7 |dO V|, then multiplied by w_k in a
+    layer: dx at 36x the conformance tolerance, causal).  dK here must be within 5x the float32
+    error of the same formula differentiated as the reference is (_aft_gold), or 1e-8
+    (before: 7e-7 causal, 1e-7 not; the reference: ~0)."""
+    B, l, d = 3, 19, 6
+    rng = np.random.default_rng(11)
+    k = (1e4 * rng.standard_normal((B, l, d))).astype(np.float32)
+    v = rng.standard_normal((B, l, d)).astype(np.float32)
+    mask = _key_mask(B, l)
+    mask[0, :4] = False  # leading padding: causal rows before the first real key are empty
+    dy = rng.standard_normal((B, l, d)).astype(np.float32)
+    zero_w = np.zeros((1, l, l), np.float32)
+
+    def grad_k(fn, dtype):
+        def loss(kk, vv):
+            return jnp.sum(fn(kk, vv) * jnp.asarray(dy, dtype))
+        return np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(k, dtype), jnp.asarray(v, dtype)), np.float64)
+
+    def ref(kk, vv):
+        return _aft_gold(kk, vv, jnp.asarray(zero_w, kk.dtype), jnp.asarray(mask), causal)
+
+    with jax.enable_x64(True):
+        gold = grad_k(ref, jnp.float64)
+    ref32 = grad_k(ref, jnp.float32)
+    scan = grad_k(lambda kk, vv: jp.aft_simple_mix(kk, vv, jnp.asarray(mask), causal=causal), jnp.float32)
+    assert np.all(np.isfinite(scan))
+    tol = max(1e-8, 5 * float(np.max(np.abs(ref32 - gold))))
+    assert float(np.max(np.abs(scan - gold))) <= tol, (float(np.max(np.abs(scan - gold))), tol)
+
+
 # ---------------------------------------------------------------------------------------------
 # whole layers through each path against the reference
 
