@@ -21,6 +21,20 @@ def test_names_lists_every_builtin():
     assert backends.names()[: len(BUILTIN)] == BUILTIN
 
 
+def test_interpreter_backends_cross_block_boundaries():
+    """The interpreter backends run their kernels with sequence blocks shorter than the grid's full
+    length (and longer than its odd one), so that the suite's cases span two row and key blocks, the
+    second partial.  With the Triton kernels' own blocks (16 and up) every case fit one block, and a
+    flash kernel that dropped the online-softmax rescale of its accumulator or row sum, or a windowed
+    AFT kernel that skipped the key block before its band, passed every check (mutation testing)."""
+    from synth_ref.backends import jax as jax_backend
+    from synth_ref.backends import torch as torch_backend
+    from synth_ref.conformance import cases as C
+
+    for adapter in (torch_backend.interpret_adapter, jax_backend.pallas_interpret_adapter):
+        assert adapter.block is not None and C.ODD_LEN < adapter.block < C.MAX_LEN, adapter.name
+
+
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(KeyError, match="backend: expected one of numpy"):
         backends.get("no-such-backend")

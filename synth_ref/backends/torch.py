@@ -14,6 +14,8 @@ reference instead -- so a pass of that backend is a pass of the kernels, not of 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ._protocol import import_error_reason
@@ -28,10 +30,11 @@ def _torch():
 class TorchAdapter:
     dtypes = ("float64", "float32", "float16", "bfloat16")
 
-    def __init__(self, device="cpu", name="torch", *, interpret=False):
+    def __init__(self, device="cpu", name="torch", *, interpret=False, block=None):
         self.device = device
         self.name = name
         self.interpret = interpret  # the kernels in Triton's interpreter, or an error
+        self.block = block  # the kernels' sequence block side (torch_triton._common.SEQ_BLOCK), None: theirs
         self.last_path = None
         if interpret:
             from .torch_triton import INTERPRETER_DTYPES
@@ -87,14 +90,21 @@ class TorchAdapter:
                                f"the reference ran ({self.last_path})")
         return y
 
+    def _blocks(self):
+        if self.block is None:
+            return contextlib.nullcontext()
+        from .torch_triton._common import sequence_block
+
+        return sequence_block(self.block)
+
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
-        with _torch().no_grad():
+        with _torch().no_grad(), self._blocks():
             return self._forward(spec, params, x, causal, key_padding_mask)
 
     def vjp(self, spec, params, x, dy, *, causal=False, key_padding_mask=None):
         torch = _torch()
         names = list(params)
-        with torch.enable_grad():
+        with torch.enable_grad(), self._blocks():  # the backward's launches too
             leaves = [x.detach().requires_grad_(True)]
             leaves += [params[n].detach().requires_grad_(True) for n in names]
             p = dict(zip(names, leaves[1:], strict=True))
@@ -106,4 +116,7 @@ class TorchAdapter:
 
 adapter = TorchAdapter("cpu", "torch")
 cuda_adapter = TorchAdapter("cuda", "torch-cuda")
-interpret_adapter = TorchAdapter("cpu", "torch-triton-interpret", interpret=True)
+# Sequence blocks of 8: the suite's lengths (12, 5, 1) then make two row and key blocks with a
+# partial last one, so the online-softmax merges, the causal block skips and the windowed AFT
+# kernels' far-block summaries all run (the default blocks, 16 and up, held every case in one).
+interpret_adapter = TorchAdapter("cpu", "torch-triton-interpret", interpret=True, block=8)

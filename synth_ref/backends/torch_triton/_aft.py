@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import acc_dtype, first_order_only, mask_args, pairs_in_range
 
 NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
@@ -373,6 +374,11 @@ def _exact_dw(w, wok, kv, kok, vv, mx, inv, do, delta):
 BT, BN = 16, 32
 
 
+def tile() -> int:
+    """The square tile side a launch uses: BT, or ``_common.SEQ_BLOCK`` when that is set."""
+    return _common.SEQ_BLOCK or BT
+
+
 class AftMix(torch.autograd.Function):
     """k, v (B, l, d), w (G, l, l) or None -> O (B, l, d), the normalised sums before the sigmoid gate."""
 
@@ -390,9 +396,9 @@ class AftMix(torch.autograd.Function):
         m, smb, smk, has_mask = mask_args(mask, v)
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
-                    BT=BT, BN=BN, FLOOR=FLOOR[stat])
+                    BT=tile(), BN=BN, FLOOR=FLOOR[stat])
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a tile failed its check
-        _fwd[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
+        _fwd[(triton.cdiv(l, meta["BT"]), triton.cdiv(N, BN), G * NB)](
             k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, mx, inv, bad, l, d, eg, N, NB, **meta)
         ctx.save_for_backward(k, v, w, m, out, mx, inv, bad)
         ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB)
@@ -413,11 +419,11 @@ class AftMix(torch.autograd.Function):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)
             dv = torch.empty(B, l, d, device=k.device, dtype=v.dtype)
-            _bwd_dkv[(triton.cdiv(l, BT), triton.cdiv(N, BN), G * NB)](
+            _bwd_dkv[(triton.cdiv(l, meta["BT"]), triton.cdiv(N, BN), G * NB)](
                 *common, dk, dv, l, d, eg, N, NB, **meta)
         if w is not None and ctx.needs_input_grad[2]:
             dw = torch.zeros(G, l, l, device=k.device, dtype=mx.dtype)
-            nb = triton.cdiv(l, BT)
+            nb = triton.cdiv(l, meta["BT"])
             _bwd_dw[(nb, nb, G)](*common, dw, l, d, eg, N, NB, DIAG=False, **meta)
             if meta["CAUSAL"]:
                 _bwd_dw[(nb, 1, G)](*common, dw, l, d, eg, N, NB, DIAG=True, **meta)

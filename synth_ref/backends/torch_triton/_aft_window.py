@@ -42,7 +42,6 @@ import triton.language as tl
 from .. import _aft_band
 from ._aft import (
     BN,
-    BT,
     FLOOR,
     NEG,
     _cols,
@@ -56,6 +55,7 @@ from ._aft import (
     _store_stats,
     _tile_dkv,
     _tile_sums,
+    tile,
 )
 from ._common import acc_dtype, first_order_only, mask_args, pairs_in_range
 
@@ -282,7 +282,7 @@ def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, 
     tl.store(dwb_ptr + g * l * NW + rows[:, None] * NW + jj, acc, mask=ok)
 
 
-def _scan_launch(s, sign, a, c, mask, nblk):
+def _scan_launch(s, sign, a, c, mask, nblk, bt):
     """(pre, suf), each (3, nblk + 1, B * d) in the statistics' dtype: see ``_scan``."""
     B, l, d = s.shape
     stat = torch.float64 if a.dtype == torch.float64 else torch.float32
@@ -292,7 +292,7 @@ def _scan_launch(s, sign, a, c, mask, nblk):
     ct = (c, *c.stride()) if c is not None else (a, 0, 0, 0)
     _scan[(triton.cdiv(B * d, BN),)](
         s, *s.stride(), a, *a.stride(), *ct, m, smb, smk, pre, suf, l, d, B * d, nblk,
-        SIGN=sign, HAS_C=c is not None, HAS_MASK=has_mask, ACC=acc_dtype(a), BT=BT, BN=BN)
+        SIGN=sign, HAS_C=c is not None, HAS_MASK=has_mask, ACC=acc_dtype(a), BT=bt, BN=BN)
     return pre, suf
 
 
@@ -308,14 +308,15 @@ class AftWindowMix(torch.autograd.Function):
             raise ValueError(f"band: expected offsets lo <= 0 <= lo + NW - 1; got lo={lo}, NW={NW}")
         eg = d // G
         NB, N = (B, eg) if mask is not None else (1, B * eg)
-        nblk = triton.cdiv(l, BT)
+        bt = tile()
+        nblk = triton.cdiv(l, bt)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
         inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
-        pre, suf = _scan_launch(k, 1, v, None, mask, nblk)
-        meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=BT, BN=BN,
+        pre, suf = _scan_launch(k, 1, v, None, mask, nblk, bt)
+        meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=bt, BN=BN,
                     FLOOR=FLOOR[stat])
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a band tile failed its check
         _fwd_win[(nblk, triton.cdiv(N, BN), G * NB)](
@@ -338,14 +339,15 @@ class AftWindowMix(torch.autograd.Function):
         dk = dv = dwb = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             # Row summaries: score -mx (an empty row's +inf adds nothing), values inv dO, inv dO O.
-            pre, suf = _scan_launch(mx, -1, inv * dout.to(inv.dtype), inv * delta, None, nblk)
+            pre, suf = _scan_launch(mx, -1, inv * dout.to(inv.dtype), inv * delta, None, nblk, meta["BT"])
             dk = torch.empty(B, l, d, device=k.device, dtype=k.dtype)
             dv = torch.empty(B, l, d, device=k.device, dtype=v.dtype)
             _bwd_dkv_win[(nblk, triton.cdiv(N, BN), G * NB)](
                 *common, pre, suf, dk, dv, l, d, eg, N, NB, B * d, lo, NW, nblk, **meta)
         if ctx.needs_input_grad[2]:
             dwb = torch.zeros(G, l, NW, device=k.device, dtype=mx.dtype)
-            nband = min(nblk, triton.cdiv(BT + NW - 1, BT) + 1)  # band key blocks per row block
+            bt = meta["BT"]
+            nband = min(nblk, triton.cdiv(bt + NW - 1, bt) + 1)  # band key blocks per row block
             _bwd_dw_win[(nblk, nband, G)](*common, dwb, l, d, eg, N, NB, lo, NW, DIAG=False, **meta)
             if meta["CAUSAL"]:
                 _bwd_dw_win[(nblk, 1, G)](*common, dwb, l, d, eg, N, NB, lo, NW, DIAG=True, **meta)

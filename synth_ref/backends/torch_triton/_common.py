@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +29,33 @@ BLOCK_CAP = 128
 def block(n: int, cap: int) -> int:
     """A power-of-two block side covering n, at least MIN_BLOCK and at most min(cap, BLOCK_CAP)."""
     return max(MIN_BLOCK, min(cap, BLOCK_CAP, triton.next_power_of_2(max(1, n))))
+
+
+#: When set, the block side of every sequence axis (query rows and keys; feature axes keep
+#: ``block``), below MIN_BLOCK if need be: the torch-triton-interpret adapter sets 8 (Triton's
+#: interpreter takes 8 x 8 dots), so that the conformance suite's lengths (12, 5) span two row and
+#: key blocks, the second partial, as jax-pallas-interpret's tiles of 8 do.  With the default blocks
+#: (16 and up) every suite case fit one block, and an online-softmax merge that dropped its rescale,
+#: or a windowed AFT kernel that skipped a far key block, passed the whole suite.
+SEQ_BLOCK: int | None = None
+
+
+def seq_block(n: int, cap: int) -> int:
+    """The block side of a sequence axis of length n: SEQ_BLOCK when set, else ``block(n, cap)``."""
+    return SEQ_BLOCK if SEQ_BLOCK is not None else block(n, cap)
+
+
+@contextlib.contextmanager
+def sequence_block(side: int | None):
+    """SEQ_BLOCK = side inside the block (None: the default blocks)."""
+    global SEQ_BLOCK
+    if side is not None and (side < 1 or side & (side - 1)):
+        raise ValueError(f"sequence block: expected a power of two; got {side}")
+    old, SEQ_BLOCK = SEQ_BLOCK, side
+    try:
+        yield
+    finally:
+        SEQ_BLOCK = old
 
 
 def acc_dtype(t: torch.Tensor):

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range
+from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range, seq_block
 
 
 @triton.jit
@@ -418,7 +418,7 @@ def _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk):
 def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
     return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_KB=kb is not None, HAS_FB=fb is not None,
                 HAS_QK=D > 0, HAS_FD=fd is not None, FD_TILE=fd is not None and fd[2],
-                ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=block(l, 64), BK=block(l, 32),
+                ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=seq_block(l, 64), BK=seq_block(l, 32),
                 BD=block(D, 256), BE=block(E, 256), num_warps=NUM_WARPS)
 
 

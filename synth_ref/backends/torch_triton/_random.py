@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range
+from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range, seq_block
 
 
 @triton.jit
@@ -158,7 +158,7 @@ def _layout(v, mask):
 
 
 def _blocks(l, N):
-    return block(l, 64), block(N, 64), block(l, 64)
+    return seq_block(l, 64), block(N, 64), seq_block(l, 64)
 
 
 class RandomMix(torch.autograd.Function):
