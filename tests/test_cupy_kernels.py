@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
-    """Both dtypes' libraries (cupy_emulated.build: one block per softmax row of 32 threads, so rows
-    of 37 and 70 keys exercise the strided loops and the tree reduction)."""
+    """Both dtypes' libraries (cupy_emulated.build: one block per softmax row of EMU_THREADS = 8
+    threads, so rows of 37 and 70 keys exercise the strided loops and the tree reduction)."""
     return emulated.build(tmp_path_factory.mktemp("cuda_emu"))
 
 
@@ -85,7 +85,7 @@ def test_masked_softmax_kernel(emu, dtype, B, h, l):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("l", [6, 70])  # 70 > 32 emulated threads: strided loop and tree reduction
+@pytest.mark.parametrize("l", [6, 70])  # 6 < 8 emulated threads: one pass; 70: strided, tree reduction
 def test_softmax_backward_kernel(emu, dtype, l):
     rng = np.random.default_rng(l)
     B, h = 3, 2
