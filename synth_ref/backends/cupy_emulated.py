@@ -32,8 +32,8 @@ from .cupy_impl import NumpyHandVjpAdapter
 # Where emu.h lives (a plain comment: as documented module data the API page would print this
 # machine's absolute path).
 EMU_DIR = ck.CUDA_DIR / "emu"
-#: Threads per block of the block-cooperative kernels (the softmax rows), 8: fewer than the
-#: conformance grid's full length (12), so that the suite's rows, not only the kernel tests' long
+#: Threads per block of the block-cooperative kernels (the softmax rows), 8, fewer than the
+#: conformance grid's full length (12); so that the suite's rows, not only the kernel tests' long
 #: ones, exercise the strided loops and the tree reductions.  With one warp (32) every suite row fit
 #: one pass, and a softmax backward whose row-term loop lost its stride passed the whole suite.
 #: (No colon in the first line: Sphinx's napoleon would read the text before it as the type.)
