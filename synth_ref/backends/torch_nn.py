@@ -27,13 +27,11 @@ from torch import nn
 import synth_ref as sr
 from synth_ref import _softmax
 from synth_ref._inputs import check_causal, check_layer_options, check_x, convert_mask, param_shapes_of
+from synth_ref.variants import RANDOM_ARRAYS
 
 from . import torch_triton
 
 __all__ = ["MixingLayer"]
-
-#: Leaf names of the random synthesizer's R (plain and factorized), frozen by ``freeze_random``.
-RANDOM_LEAVES = sr.variants.RANDOM_ARRAYS
 
 
 class _Component(nn.Module):
@@ -103,7 +101,7 @@ class MixingLayer(nn.Module):
         for name, shape in spec.param_shapes().items():
             owner, leaf = self._owner(name, create=True)
             value = torch.zeros(shape, device=device, dtype=dtype)
-            if self.freeze_random and leaf in RANDOM_LEAVES:
+            if self.freeze_random and leaf in RANDOM_ARRAYS:
                 owner.register_buffer(leaf, value)
             else:
                 owner.register_parameter(leaf, nn.Parameter(value))
