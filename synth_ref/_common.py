@@ -45,13 +45,27 @@ def causal_allowed(xp, l, dev):
     return i[:, None] >= i[None, :]
 
 
+def row_max(xp, s, axis):
+    """The max of s over ``axis`` (kept as a size-1 axis), taken as the one element argmax picks.
+
+    The same value as ``xp.max``, but autodiff sends the max's gradient to exactly that element.
+    ``max``'s own derivative (jax, torch) is g * (s == max) / count(s == max), recounted from s: when
+    a compiler evaluates s twice with different rounding (XLA:GPU rematerializing a fused operand,
+    jax-ml/jax#40564; XLA:CPU at --xla_backend_optimization_level=0, tests/test_jax_jit.py), nothing
+    equals the max, the count is 0 and every gradient through the softmax turns into 0/0 = NaN.
+    The shift-invariant softmax does not depend on which element takes the gradient, and routing all
+    of it through one keeps the dominant key's gradient exact on saturated rows (minus the sum of the
+    others' terms), which a stop-gradient shift would lose to cancellation."""
+    return xp.take_along_axis(s, xp.argmax(s, axis=axis, keepdims=True), axis=axis)
+
+
 def masked_max(xp, s, allowed, axis):
     """max over ``axis`` of s where allowed (None: everywhere); 0 where nothing is allowed, so that
     it can be subtracted."""
     if allowed is None:
-        return xp.max(s, axis=axis, keepdims=True)
+        return row_max(xp, s, axis)
     ninf = const(xp, -float("inf"), s)
-    m = xp.max(xp.where(allowed, s, ninf), axis=axis, keepdims=True)
+    m = row_max(xp, xp.where(allowed, s, ninf), axis)
     return xp.where(xp.isfinite(m), m, const(xp, 0.0, s))
 
 
@@ -71,9 +85,9 @@ def stable_exp(xp, s, allowed, axis):
     The same numbers: masked entries hold -inf before the subtraction and m is finite, so they give
     exp(-inf) = 0 with gradient 0, and allowed entries see the same s - m."""
     if allowed is None:
-        return xp.exp(s - xp.max(s, axis=axis, keepdims=True))
+        return xp.exp(s - row_max(xp, s, axis))
     z = xp.where(allowed, s, const(xp, -float("inf"), s))
-    m = xp.max(z, axis=axis, keepdims=True)
+    m = row_max(xp, z, axis)
     # Rebinding z frees the masked copy before exp allocates: at most three arrays of s's size are
     # live at once (s, z, z - m), as with the two-pass form; a fourth costs page faults at scale.
     z = z - xp.where(xp.isfinite(m), m, const(xp, 0.0, s))
@@ -103,6 +117,6 @@ def relu(xp, h):
 
 
 def softmax_1d(xp, v):
-    m = xp.max(v)
+    m = row_max(xp, v, 0)
     p = xp.exp(v - m)
     return p / xp.sum(p)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import synth_ref as sr
-from synth_ref import _inputs
+from synth_ref import _common, _inputs
 
 from .jax_pallas_flash import accumulator
 from .jax_plan import (  # noqa: F401 - re-exported: the dispatch's public names
@@ -270,7 +270,7 @@ def aft_simple_mix(k, v, key_padding_mask=None, *, causal=False):
         _, num, den = jax.lax.associative_scan(_scan_combine, (m, e * v, e), axis=1)
     else:
         kz = k if ok is None else jnp.where(ok, k, -jnp.inf)
-        top = jnp.max(kz, axis=1, keepdims=True)
+        top = _common.row_max(jnp, kz, 1)  # its gradient reaches one key, never 0/0 (row_max)
         e = jnp.exp(kz - jnp.where(top == -jnp.inf, 0.0, top))  # masked: exp(-inf) = 0
         num, den = jnp.sum(e * v, axis=1, keepdims=True), jnp.sum(e, axis=1, keepdims=True)
     some = den > 0  # rows with no allowed key give 0
@@ -282,7 +282,9 @@ def _scan_combine(a, b):
     """(max, num, den) of two runs of keys: rescale both to the larger max (a max of -inf: no keys)."""
     m1, n1, d1 = a
     m2, n2, d2 = b
-    m = jnp.maximum(m1, m2)
+    # not jnp.maximum: its derivative tests m1 == max(m1, m2), which a recomputed, differently
+    # rounded m1 fails (jax-ml/jax#40564), dropping the gradient; where sends it to one side whole
+    m = jnp.where(m1 >= m2, m1, m2)
     s = jnp.where(m == -jnp.inf, 0.0, m)
     c1, c2 = jnp.exp(m1 - s), jnp.exp(m2 - s)
     return m, n1 * c1 + n2 * c2, d1 * c1 + d2 * c2
