@@ -113,3 +113,27 @@ def test_a_check_whose_process_dies_is_an_error_not_a_silent_gap(tmp_path):
     assert R.verdict(entry) == "fail"
     assert "1 checks ended without a result" in entry["partial"]["why"]
     assert (tmp_path / "drawn").read_text() in entry["partial"]["why"]
+
+
+def _write_rounds(path, name, rounds):
+    for i in range(rounds):
+        R.write(path, [R.backend_entry(name, None, False, f"round {i}", [], "ci", 0.0)])
+
+
+def test_sessions_writing_side_by_side_lose_no_entry(tmp_path):
+    """``nox -j`` runs conformance sessions side by side, each merging its entry into one report:
+    every writer's last entry must survive the others' read-merge-write cycles (without the lock,
+    a writer that read before another's write put that one's older entry back)."""
+    import multiprocessing
+
+    path = tmp_path / "report.json"
+    names, rounds = [f"backend{i}" for i in range(6)], 25
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_rounds, args=(path, n, rounds)) for n in names]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * len(names)
+    got = {n: e["reason"] for n, e in R.load(path)["backends"].items()}
+    assert got == {n: f"round {rounds - 1}" for n in names}

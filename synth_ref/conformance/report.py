@@ -8,6 +8,7 @@ from the merged JSON each time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -92,11 +93,35 @@ def load(path) -> dict:
     return {"schema": SCHEMA, "backends": {}, "gold_check": {}}
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX; elsewhere nothing is locked): sessions that
+    run side by side (``nox -j``) each read, merge and rewrite the one report, and without the lock
+    one would overwrite the entry the other just wrote."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write(path, entries: list[dict], gold_check: dict | None = None) -> tuple[Path, Path]:
     """Merge ``entries`` (and the gold finite-difference check) into the JSON report at ``path``
-    and rewrite the Markdown matrix next to it.  Returns both paths."""
+    and rewrite the Markdown matrix next to it, under a lock (see ``_exclusive``).  Returns both
+    paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path):
+        return _merge(path, entries, gold_check)
+
+
+def _merge(path: Path, entries, gold_check) -> tuple[Path, Path]:
     data = load(path)
     for e in entries:
         data["backends"][e["name"]] = e
