@@ -12,8 +12,10 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
 
 ROOT = Path(__file__).parent
-# The CPU torch build on disk; pyproject itself allows any recent torch.
-CONSTRAINTS = ("-c", str(ROOT / ".ci" / "constraints.txt"))
+# pip's options for every install: the CPU torch build on disk (pyproject itself allows any recent
+# torch), and no byte-compiling of whole packages at install (torch's: 14 s of a 36 s install, in
+# each of six sessions); Python compiles the modules a run imports, when it imports them.
+PIP = ("--no-compile", "-c", str(ROOT / ".ci" / "constraints.txt"))
 
 
 @nox.session
@@ -25,7 +27,7 @@ def lint(session):
 @nox.session
 def tests(session):
     # triton: the kernel tests; jax extra (jax + flax): the NNX module tests
-    session.install(*CONSTRAINTS, "-e", ".[test,torch,triton,jax]", "pytest-xdist")
+    session.install(*PIP, "-e", ".[test,torch,triton,jax]", "pytest-xdist")
     # the tests are independent processes' work (jax compiles, interpreter runs): spread them over
     # the cores (6.5 -> 4.3 min on CI's two); `nox -s tests -- -n 0` runs them in one process
     session.run("pytest", "tests", "-n", "auto", "--maxprocesses", "4", *session.posargs)
@@ -35,7 +37,7 @@ def tests(session):
 def docs(session):
     """Build the docs with warnings as errors (no network: MathJax is bundled), then test the build:
     generated pages, the example adapter, and formulas typeset in headless Chromium."""
-    session.install(*CONSTRAINTS, "-e", ".[docs,test]")
+    session.install(*PIP, "-e", ".[docs,test]")
     html = ROOT / "docs" / "_build" / "html"
     session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(html))
     session.run("pytest", "docs/tests", *session.posargs, env={"SYNTH_REF_DOCS_HTML": str(html)})
@@ -45,7 +47,7 @@ def docs(session):
 def bench(session):
     """Benchmarks (benchmarks/README.md): ``nox -s bench -- --quick`` runs on CPU in minutes and writes
     benchmarks/results/cpu-quick.{json,md,png}.  Not in CI (.ci/run): tests/test_bench_harness.py is."""
-    session.install(*CONSTRAINTS, "-e", ".[torch]", "jax", "matplotlib")
+    session.install(*PIP, "-e", ".[torch]", "jax", "matplotlib")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
@@ -75,8 +77,14 @@ CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-tri
 # The interpreters run the kernels' logic at 10-100x the reference's cost: a smaller grid
 # (cases.grid's "kernels" profile) keeps CI inside its time; SYNTH_REF_PROFILE overrides.
 CONFORMANCE_PROFILE = {"torch-triton-interpret": "kernels", "jax-pallas-interpret": "kernels"}
-# Triton decides at import whether its kernels are interpreted (the kernels' CPU path)
-CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}}
+# Triton decides at import whether its kernels are interpreted (the kernels' CPU path).  Pallas's
+# interpreter turns each kernel into an XLA:CPU program whose compile is most of that session's time
+# (1.6 s a program); what the session certifies is the kernels' logic, which no XLA:CPU
+# optimization takes part in on a TPU or GPU, so it compiles at XLA's level 0 (aft_full's checks:
+# 103 -> 58 s).  The jax session, which certifies what CPU users run, keeps XLA's defaults.
+_O0 = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"},
+                   "jax-pallas-interpret": {"XLA_FLAGS": _O0}}
 NEEDS_NVIDIA = ("torch-cuda", "cupy")
 SELFTEST_IN = "jax"  # the session whose environment has every CPU framework
 
@@ -95,11 +103,11 @@ def conformance(session, backend):
            "--report", report]
     if backend in NEEDS_NVIDIA and not _nvidia_driver():
         reason = "no NVIDIA driver on this machine (no nvidia-smi, no /proc/driver/nvidia)"
-        session.install(*CONSTRAINTS, "-e", ".")
+        session.install(*PIP, "-e", ".")
         session.run(*cli, "--unavailable", reason)
         session.skip(reason)
     extras, packages = CONFORMANCE_DEPS[backend]
-    session.install(*CONSTRAINTS, "-e", f".[{extras}]", *packages)
+    session.install(*PIP, "-e", f".[{extras}]", *packages)
     env = CONFORMANCE_ENV.get(backend, {})
     probe = session.run(*cli[:5], "--probe", silent=True, env=env)
     info = json.loads(str(probe).strip().splitlines()[-1])
