@@ -7,16 +7,9 @@ from pathlib import Path
 
 import nox
 
-nox.needs_version = ">=2026.10.20"  # sessions side by side (nox.options.parallel)
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
-# Two sessions at a time (`-j N` or $NOX_PARALLEL overrides; `-j 1` runs them one by one, output
-# unbuffered): a session installing packages, importing, or running in one process leaves a core
-# idle, which the other session takes.  Each session's output is printed when it ends.  Sessions
-# share nothing but conformance-report.json (merged under a lock) and jax's compilation cache.
-nox.options.parallel = 2
-nox.options.allow_parallel = True
 
 ROOT = Path(__file__).parent
 # pip's options for every install: the CPU torch build on disk (pyproject itself allows any recent
@@ -40,10 +33,7 @@ def tests(session):
     session.run("pytest", "tests", "-n", "auto", "--maxprocesses", "4", *session.posargs)
 
 
-# Alone (nox starts it only when no other session runs, and none beside it): its pages render
-# conformance-report.json, which the conformance sessions before it on the command line must have
-# finished writing.
-@nox.session(allow_parallel=False)
+@nox.session
 def docs(session):
     """Build the docs with warnings as errors (no network: MathJax is bundled), then test the build:
     generated pages, the example adapter, and formulas typeset in headless Chromium."""
