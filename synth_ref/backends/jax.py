@@ -14,6 +14,7 @@ float32 users of the same process are not affected.  jax is imported on first us
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
@@ -87,7 +88,9 @@ class JaxAdapter:
             path = select_path(self.path)
         except ValueError as exc:  # a bad SYNTH_REF_JAX_PATH
             return False, str(exc)
-        return True, f"jax {jax.__version__} on {backend}, path {path}"
+        flags = os.environ.get("XLA_FLAGS", "").strip()  # e.g. CI's optimization level (noxfile)
+        note = f", XLA_FLAGS={flags}" if flags else ""
+        return True, f"jax {jax.__version__} on {backend}, path {path}{note}"
 
     def _fns(self):
         if self._jitted is None:
