@@ -207,3 +207,20 @@ def test_fused_helpers_give_the_two_pass_numbers_bit_for_bit():
     assert once.shape == (1, 2, 5, 5)  # computed once, not per batch element
     per_b = _softmax._weights(spec, p, x, xp, False, np.ones((3, 5), bool))  # a mask forces B rows
     assert per_b.shape == (3, 2, 5, 5) and all(np.array_equal(once[0], w) for w in per_b)
+
+
+def test_row_max_is_max_and_sends_its_whole_gradient_to_one_entry():
+    """_common.row_max: max's value (ties, -inf rows and all) and, under autodiff, the whole gradient
+    on the one entry argmax picks -- never g / count(s == max), which is 0/0 when a compiler rounds
+    a recomputed s differently (tests/test_jax_jit.py)."""
+    torch = pytest.importorskip("torch", reason="torch autograd checks the gradient")
+    import array_api_compat.torch as txp
+
+    from synth_ref import _common as c
+
+    s = np.array([[1.0, 3.0, 3.0, -2.0], [-np.inf] * 4, [0.5, -1.0, 2.0, 2.0]])
+    assert np.array_equal(c.row_max(np, s, 1), np.max(s, axis=1, keepdims=True))
+    t = torch.tensor(s, requires_grad=True)
+    c.row_max(txp, t, 1).sum().backward()
+    assert torch.equal(t.grad, torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]],
+                                            dtype=t.dtype))
