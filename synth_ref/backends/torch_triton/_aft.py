@@ -376,7 +376,7 @@ BT, BN = 16, 32
 
 def tile() -> int:
     """The square tile side a launch uses: BT, or ``_common.SEQ_BLOCK`` when that is set."""
-    return _common.SEQ_BLOCK or BT
+    return _common.seq_side(BT)
 
 
 class AftMix(torch.autograd.Function):

@@ -40,9 +40,14 @@ def block(n: int, cap: int) -> int:
 SEQ_BLOCK: int | None = None
 
 
+def seq_side(default: int) -> int:
+    """A sequence axis's block side: SEQ_BLOCK when set, else the kernel's own ``default``."""
+    return SEQ_BLOCK if SEQ_BLOCK is not None else default
+
+
 def seq_block(n: int, cap: int) -> int:
     """The block side of a sequence axis of length n: SEQ_BLOCK when set, else ``block(n, cap)``."""
-    return SEQ_BLOCK if SEQ_BLOCK is not None else block(n, cap)
+    return seq_side(block(n, cap))
 
 
 @contextlib.contextmanager
