@@ -90,9 +90,11 @@ def test_gradients_survive_a_compiler_that_rounds_a_recomputed_operand_different
     jax-ml/jax#40564).  ``max``'s derivative recounts the entries equal to the max from its operand:
     when the recomputed logits round differently, the count is 0 and the whole gradient is 0/0 = NaN.
     XLA:CPU does this at --xla_backend_optimization_level=0 (the mixture's alpha_1 S_1 + alpha_2 S_2
-    gave 84 NaN entries in dx before _common.row_max), so every case and setting is checked there
-    (which ones meet the hazard depends on XLA's fusion choices), in a fresh process (XLA reads its
-    flags once, at start)."""
+    gave 84 NaN entries in dx before _common.row_max): the mixture of all five components in every
+    setting is checked there, in a fresh process (XLA reads its flags once, at start).  Which other
+    programs meet the hazard depends on XLA's fusion choices: the nox jax conformance sessions run
+    their whole grid at that level (with ``max``, 12 of the jax grid's mixture gradient checks fail
+    there, 11 of them in float64)."""
     import json
     import os
     import subprocess
@@ -102,11 +104,10 @@ def test_gradients_survive_a_compiler_that_rounds_a_recomputed_operand_different
     here = Path(__file__).parent
     script = (
         "import json, test_jax_jit as t\n"
-        "for name in t.JIT_CASES:\n"
-        "    spec = t.CASES[name]\n"
-        "    for causal, masked in t.options(spec):\n"
-        "        t._check(spec, 'float32', causal, masked)\n"
-        "print(json.dumps({'checked': len(t.JIT_CASES)}))\n"
+        "spec = t.CASES['mixture']\n"
+        "for causal, masked in t.options(spec):\n"
+        "    t._check(spec, 'float32', causal, masked)\n"
+        "print(json.dumps({'checked': len(t.options(spec))}))\n"
     )
     path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu",
@@ -114,4 +115,4 @@ def test_gradients_survive_a_compiler_that_rounds_a_recomputed_operand_different
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"checked": len(JIT_CASES)}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"checked": 4}  # (causal, masked) x 2
