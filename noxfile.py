@@ -1,8 +1,11 @@
 """Sessions: ``tests`` (spec tests on every namespace), ``lint`` (ruff), ``conformance`` (per backend)."""
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
@@ -17,6 +20,49 @@ ROOT = Path(__file__).parent
 # each of six sessions); Python compiles the modules a run imports, when it imports them.
 PIP = ("--no-compile", "-c", str(ROOT / ".ci" / "constraints.txt"))
 
+# Shared environments.  The tests and most conformance sessions need the same packages, and building
+# a virtual environment with torch in it costs ~25 s; once per environment instead of once per
+# session saves ~2.5 min of CI.  name -> (extras of this project, further packages).  "base" has no
+# framework at all: the numpy and array_api_strict backends are certified there, so the spec and the
+# suite are known to run on NumPy alone.
+ENVS = {
+    "base": ("test", ()),
+    "cpu": ("test,torch,triton,jax", ("pytest-xdist",)),  # every CPU framework, and xdist
+    "cupy": ("test,cupy", ()),
+}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``path`` (sessions run side by side with ``nox -j`` share envs)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def shared_python(session, name: str) -> str:
+    """The python of shared environment ``name`` (``.nox/env-<name>``), created on first use and
+    reinstalled whenever what it was built from changes (the install arguments, pyproject.toml,
+    the constraints): a stamp file records that.  Sessions using it are ``venv_backend="none"``."""
+    extras, packages = ENVS[name]
+    where = ROOT / ".nox" / f"env-{name}"
+    args = [*PIP, "-e", f".[{extras}]", *packages]
+    digest = hashlib.sha256(json.dumps(args).encode())
+    for f in ("pyproject.toml", ".ci/constraints.txt"):
+        digest.update((ROOT / f).read_bytes())
+    stamp = where / "synth-ref-stamp"
+    python = str(where / "bin" / "python")
+    with _locked(ROOT / ".nox" / f"env-{name}.lock"):
+        if not (stamp.exists() and stamp.read_text() == digest.hexdigest()):
+            if not Path(python).exists():
+                session.run(sys.executable, "-m", "venv", str(where), external=True)
+            session.run(python, "-m", "pip", "install", "-q", *args, external=True)
+            stamp.write_text(digest.hexdigest())
+    return python
+
 
 @nox.session
 def lint(session):
@@ -24,13 +70,14 @@ def lint(session):
     session.run("ruff", "check", ".")
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def tests(session):
     # triton: the kernel tests; jax extra (jax + flax): the NNX module tests
-    session.install(*PIP, "-e", ".[test,torch,triton,jax]", "pytest-xdist")
+    python = shared_python(session, "cpu")
     # the tests are independent processes' work (jax compiles, interpreter runs): spread them over
     # the cores (6.5 -> 4.3 min on CI's two); `nox -s tests -- -n 0` runs them in one process
-    session.run("pytest", "tests", "-n", "auto", "--maxprocesses", "4", *session.posargs)
+    session.run(python, "-m", "pytest", "tests", "-n", "auto", "--maxprocesses", "4", *session.posargs,
+                external=True)
 
 
 @nox.session
@@ -59,19 +106,10 @@ def bench(session):
 
 CONFORMANCE_BACKENDS = ["numpy", "array_api_strict", "torch", "torch-triton-interpret", "jax",
                         "jax-pallas-interpret", "cupy-emulated", "torch-cuda", "cupy"]
-# backend -> (extras of this project, further packages); torch wherever gradients are checked:
-# gradient gold is torch autograd in float64 on CPU (the CPU build on disk, via the constraints)
-CONFORMANCE_DEPS = {
-    "numpy": ("test", ()),
-    "array_api_strict": ("test", ()),
-    "torch": ("test,torch", ()),
-    "torch-triton-interpret": ("test,torch,triton", ("pytest-xdist",)),
-    "torch-cuda": ("test,torch", ()),
-    "jax": ("test,torch", ("jax", "pytest-xdist")),
-    "jax-pallas-interpret": ("test,torch", ("jax", "pytest-xdist")),
-    "cupy": ("test,cupy", ()),
-    "cupy-emulated": ("test,torch", ()),  # the CUDA sources built by the host C++ compiler
-}
+# backend -> shared environment (ENVS); torch wherever gradients are checked: gradient gold is torch
+# autograd in float64 on CPU (the CPU build on disk, via the constraints).  cupy-emulated: the CUDA
+# sources built by the host C++ compiler.
+CONFORMANCE_ENVS = {"numpy": "base", "array_api_strict": "base", "cupy": "cupy"}  # the rest: "cpu"
 # jax compiles every shape twice (apply, vjp), the interpreters are slow: spread them over the cores
 CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-triton-interpret": "auto"}
 # The interpreters run the kernels' logic at 10-100x the reference's cost: a smaller grid
@@ -88,39 +126,36 @@ _O0 = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimizat
 CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}, "jax": _O0,
                    "jax-pallas-interpret": _O0}
 NEEDS_NVIDIA = ("torch-cuda", "cupy")
-SELFTEST_IN = "jax"  # the session whose environment has every CPU framework
+SELFTEST_IN = "jax"  # a session whose environment has every CPU framework
 
 
 def _nvidia_driver() -> bool:
     return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").exists()
 
 
-@nox.session
+@nox.session(venv_backend="none")
 @nox.parametrize("backend", CONFORMANCE_BACKENDS)
 def conformance(session, backend):
     """Certify one backend against the reference; extra arguments after -- go to pytest."""
     profile = os.environ.get("SYNTH_REF_PROFILE") or CONFORMANCE_PROFILE.get(backend, "ci")
     report = str(ROOT / "conformance-report.json")
-    cli = ["python", "-m", "synth_ref.conformance", "--backend", backend, "--profile", profile,
-           "--report", report]
+    cli = ["-m", "synth_ref.conformance", "--backend", backend, "--profile", profile, "--report", report]
     if backend in NEEDS_NVIDIA and not _nvidia_driver():
         reason = "no NVIDIA driver on this machine (no nvidia-smi, no /proc/driver/nvidia)"
-        session.install(*PIP, "-e", ".")
-        session.run(*cli, "--unavailable", reason)
+        session.run(shared_python(session, "base"), *cli, "--unavailable", reason, external=True)
         session.skip(reason)
-    extras, packages = CONFORMANCE_DEPS[backend]
-    session.install(*PIP, "-e", f".[{extras}]", *packages)
+    python = shared_python(session, CONFORMANCE_ENVS.get(backend, "cpu"))
     env = CONFORMANCE_ENV.get(backend, {})
-    probe = session.run(*cli[:5], "--probe", silent=True, env=env)
+    probe = session.run(python, *cli[:4], "--probe", silent=True, env=env, external=True)
     info = json.loads(str(probe).strip().splitlines()[-1])
     if not info["available"]:
-        session.run(*cli, "--unavailable", info["reason"])
+        session.run(python, *cli, "--unavailable", info["reason"], external=True)
         session.skip(info["reason"])
     workers = CONFORMANCE_WORKERS.get(backend)
     cache = ROOT / ".nox" / "jax-compilation-cache"
     if backend == SELFTEST_IN:
         # the suite's own tests: teeth (every wrong adapter caught), registry, inputs, CLI
-        session.run("pytest", "conformance", "--ignore=conformance/test_conformance.py", "-q",
-                    "-p", "no:cacheprovider", "-n", "auto")  # 52 -> 42 s on two cores
-    session.run(*cli, *(["-n", workers] if workers else []), "--", *session.posargs,
-                env={"SYNTH_REF_JAX_CACHE": str(cache), **env})
+        session.run(python, "-m", "pytest", "conformance", "--ignore=conformance/test_conformance.py",
+                    "-q", "-p", "no:cacheprovider", "-n", "auto", external=True)  # 52 -> 42 s on two cores
+    session.run(python, *cli, *(["-n", workers] if workers else []), "--", *session.posargs,
+                env={"SYNTH_REF_JAX_CACHE": str(cache), **env}, external=True)
