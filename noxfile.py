@@ -116,15 +116,19 @@ CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-tri
 # (cases.grid's "kernels" profile) keeps CI inside its time; SYNTH_REF_PROFILE overrides.
 CONFORMANCE_PROFILE = {"torch-triton-interpret": "kernels", "jax-pallas-interpret": "kernels"}
 # Triton decides at import whether its kernels are interpreted (the kernels' CPU path).  Both jax
-# sessions compile at XLA's optimization level 0: compiling is most of their time (Pallas's
-# interpreter: 1.6 s a program, aft_full's checks 103 -> 58 s; the jax grid 300 -> 205 s).  The level
-# changes how LLVM optimizes XLA:CPU's code, hence last-ulp rounding, not what is computed; at 0 a
+# sessions compile with XLA:CPU set for compile time: compiling is most of their time.  Level 0
+# (LLVM's optimizations off) and the older loop emitters for fused ops in place of the MLIR fusion
+# emitters (--xla_cpu_use_fusion_emitters=false): the jax grid 300 -> 205 s (level 0), and a third
+# of its variants 100 -> 60 s, the Pallas interpreter's dense checks 66 -> 42 s (emitters).  Both
+# change how XLA:CPU generates code, hence last-ulp rounding, not what is computed.  At level 0 a
 # fused operand evaluated twice may also round differently each time, as on XLA:GPU, the condition
 # that exposed the max-gradient NaN (_common.row_max).  The interpreter's programs play no part in a
-# kernel on a TPU or GPU.  Programs at XLA's default level: tests/test_jax_*.py and every GPU run.
-_O0 = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()}
-CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}, "jax": _O0,
-                   "jax-pallas-interpret": _O0}
+# kernel on a TPU or GPU.  Programs as XLA:CPU compiles them by default: tests/test_jax_*.py (the
+# tests session sets no XLA flag) and every GPU run.
+_FAST_COMPILE = {"XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
+                                        "--xla_cpu_use_fusion_emitters=false"]).strip()}
+CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}, "jax": _FAST_COMPILE,
+                   "jax-pallas-interpret": _FAST_COMPILE}
 NEEDS_NVIDIA = ("torch-cuda", "cupy")
 SELFTEST_IN = "jax"  # a session whose environment has every CPU framework
 
