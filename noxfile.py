@@ -16,15 +16,15 @@ nox.options.sessions = ["lint", "tests"]
 
 ROOT = Path(__file__).parent
 # pip's options for every install: the CPU torch build on disk (pyproject itself allows any recent
-# torch), and no byte-compiling of whole packages at install (torch's: 14 s of a 36 s install, in
-# each of six sessions); Python compiles the modules a run imports, when it imports them.
+# torch), and no byte-compiling of whole packages at install (torch's: 14 s of a 36 s install);
+# Python compiles the modules a run imports, when it imports them.
 PIP = ("--no-compile", "-c", str(ROOT / ".ci" / "constraints.txt"))
 
 # Shared environments.  The tests and most conformance sessions need the same packages, and building
-# a virtual environment with torch in it costs ~25 s; once per environment instead of once per
-# session saves ~2.5 min of CI.  name -> (extras of this project, further packages).  "base" has no
-# framework at all: the numpy and array_api_strict backends are certified there, so the spec and the
-# suite are known to run on NumPy alone.
+# a virtual environment with torch in it costs ~25 s: once per environment instead of once per
+# session (six of them) saves about a minute of CI.  name -> (extras of this project, further
+# packages).  "base" has no framework at all: the numpy and array_api_strict backends are certified
+# there, so the spec and the suite are known to run on NumPy alone.
 ENVS = {
     "base": ("test", ()),
     "cpu": ("test,torch,triton,jax", ("pytest-xdist",)),  # every CPU framework, and xdist
