@@ -34,9 +34,14 @@ ENVS = {
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    """Hold an exclusive lock on ``path`` (sessions run side by side with ``nox -j`` share envs)."""
-    import fcntl
-
+    """Hold an exclusive lock on ``path`` (POSIX; elsewhere nothing is locked): sessions run side by
+    side with ``nox -j`` share environments.  The twin of ``synth_ref.conformance.report._exclusive``,
+    which nox's own interpreter cannot import (synth_ref needs NumPy, installed only in the envs)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -54,7 +59,7 @@ def shared_python(session, name: str) -> str:
     for f in ("pyproject.toml", ".ci/constraints.txt"):
         digest.update((ROOT / f).read_bytes())
     stamp = where / "synth-ref-stamp"
-    python = str(where / "bin" / "python")
+    python = str(where / "Scripts" / "python.exe" if os.name == "nt" else where / "bin" / "python")
     with _locked(ROOT / ".nox" / f"env-{name}.lock"):
         if not (stamp.exists() and stamp.read_text() == digest.hexdigest()):
             if not Path(python).exists():
@@ -72,8 +77,7 @@ def lint(session):
 
 @nox.session(venv_backend="none")
 def tests(session):
-    # triton: the kernel tests; jax extra (jax + flax): the NNX module tests
-    python = shared_python(session, "cpu")
+    python = shared_python(session, "cpu")  # triton: the kernel tests; jax + flax: the NNX module tests
     # the tests are independent processes' work (jax compiles, interpreter runs): spread them over
     # the cores (6.5 -> 4.3 min on CI's two); `nox -s tests -- -n 0` runs them in one process
     session.run(python, "-m", "pytest", "tests", "-n", "auto", "--maxprocesses", "4", *session.posargs,
