@@ -72,6 +72,23 @@ def test_large_regime_reaches_the_overflow_range(variant, dtype):
     assert max(peaks) > lo and max(peaks) < hi, peaks
 
 
+@pytest.mark.parametrize("variant", C.SATURATED_VARIANTS)
+def test_saturated_regime_spreads_logits_to_1e4(variant):
+    """float32: logits of about 1e4 (the spread 2e4 is calibrated on a probe x, so the case's own
+    peak varies, as in the large regime); bfloat16 and float16: the large regime's spread (the
+    bounds of test_large_regime_reaches_the_overflow_range)."""
+    cases = [c for c in C.grid("deep", [variant]) if c.values == "saturated" and c.length == C.MAX_LEN]
+    for dtype, lo, hi in (("float32", 5e3, 1e5), ("bfloat16", 89.0, 1000.0), ("float16", 9.0, 100.0)):
+        peaks = [_max_logit(c, C.make_inputs(c, dtype)) for c in cases]
+        assert lo < max(peaks) < hi, (dtype, peaks)
+
+
+def test_saturated_regime_is_for_softmax_variants_only():
+    spec = sr.Spec("aft_full", d_model=12, max_len=12)
+    with pytest.raises(ValueError, match="values 'saturated': defined for dot_product, .*; got aft_full"):
+        C.make_inputs(C.Case(spec, 2, (12,), False, "none", "saturated"), "float32")
+
+
 def test_mask_regimes():
     rng_cases = {c.mask: c for c in C.grid("ci", ["dense"]) if c.length == C.MAX_LEN}
     m = C.make_inputs(rng_cases["all_masked"], "float64").mask

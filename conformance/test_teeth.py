@@ -94,6 +94,42 @@ def test_suite_catches_wrong_backward(name, request):
     assert not control, "\n".join(o.message() for o in control[:3])
 
 
+def _hand_vjp(name, defect, flash_form):
+    """The CuPy adapter's hand-derived passes on NumPy (the code its kernels mirror), restricted to
+    the saturated regime's variants, with the softmax backward in flash form at every key
+    (``flash_form``) or as it is."""
+    from synth_ref.backends.cupy_impl import NumpyHandVjpAdapter, XpOps
+
+    class FlashForm(XpOps):
+        def softmax_backward(self, xp, p, dp):
+            return p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))
+
+    adapter = NumpyHandVjpAdapter(FlashForm() if flash_form else None)
+    adapter.name = name if flash_form else f"{name}-control"
+    adapter.defect, adapter.source = defect, "(flash attention's backward, taken over by every fused kernel)"
+    adapter.variants = C.SATURATED_VARIANTS
+    return adapter
+
+
+def test_suite_catches_flash_form_at_the_dominant_key(request):
+    """dS = P (dP - sum P dP) at every key, as flash attention's backward forms it (and as the
+    Triton, Pallas and CUDA kernels had it): on a row where one key holds all but 1e-7..1e-2 of the
+    weight, the dominant key's dP_m - sum P dP keeps a rounding of dP that logits' inputs of size 1e4
+    multiply.  Caught by float32 gradient checks of the ``saturated`` regime; with the dominant
+    key's dS rebuilt from the other keys (the adapters as they are) the same checks pass."""
+    name = "softmax-backward-flash-form"
+    defect = "forms dS at the dominant key as P (dP - sum P dP), which cancels to one rounding of dP"
+    saturated = [c for c in C.grid("ci", C.SATURATED_VARIANTS) if c.values == "saturated"]
+
+    def run(adapter):
+        return [o for c in saturated for o in K.run_case(adapter, c, kinds=("gradient",))]
+
+    caught = _caught(_hand_vjp(name, defect, True), run(_hand_vjp(name, defect, True)), request)
+    assert {o.dtype for o in caught} == {"float32"}, [o.message() for o in caught[:2]]
+    control = [o for o in run(_hand_vjp(name, defect, False)) if not o.ok]
+    assert not control, "\n".join(o.message() for o in control[:3])
+
+
 def test_grid_reaches_the_sizes_defects_need():
     """Shape-dependent defects need certain sizes; the ci grid must contain them."""
     g = C.grid("ci")
@@ -119,6 +155,10 @@ def test_grid_reaches_the_sizes_defects_need():
     for v in C.OPPOSED_VARIANTS:
         assert has(v, lambda c: c.values == "opposed" and not c.causal and c.mask != "none")
         assert has(v, lambda c: c.values == "opposed" and c.causal)
+    # the flash form at the dominant key: saturated rows in float32 gradients, in every variant whose
+    # logits come out of learned weights that multiply dS on its way back (random's R takes dS as is)
+    for v in ("dot_product", "dense", "factorized_dense", "mixture"):
+        assert has(v, lambda c: c.values == "saturated" and "float32" in c.grad_dtypes)
     # aft_conv per-head normalisation: several heads
     assert has("aft_conv", lambda c: c.spec.n_heads > 1 and c.length > 1)
     # empty rows: fully masked element, and causal rows before the only real key

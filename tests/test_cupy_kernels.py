@@ -84,13 +84,24 @@ def test_masked_softmax_kernel(emu, dtype, B, h, l):
                     assert np.all(got[-1] == 0)
 
 
+def _softmax_rows(rng, shape, spread):
+    """Rows of a masked softmax (what the step receives): logits spread over +-spread, about a third
+    of the keys masked (P = 0), and the last row of each (batch, head) empty."""
+    s = rng.standard_normal(shape) * spread
+    ok = rng.random(shape) < 0.7
+    ok[..., -1, :] = False
+    e = np.where(ok, np.exp(s - np.max(np.where(ok, s, -np.inf), axis=-1, keepdims=True)), 0.0)
+    total = e.sum(-1, keepdims=True)
+    return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("l", [6, 70])  # 6 < 8 emulated threads: one pass; 70: strided, tree reduction
 def test_softmax_backward_kernel(emu, dtype, l):
     rng = np.random.default_rng(l)
     B, h = 3, 2
     for pb in (B, 1):
-        p = rng.random((pb, h, l, l)).astype(dtype)
+        p = _softmax_rows(rng, (pb, h, l, l), 2.0).astype(dtype)
         dp = rng.standard_normal((B, h, l, l)).astype(dtype)
         got = emu.softmax_backward(np, p, dp)
         assert_close(got, XpOps().softmax_backward(np, p, dp), "dS", RTOL[dtype], 0)
@@ -98,6 +109,33 @@ def test_softmax_backward_kernel(emu, dtype, l):
         p64, dp64 = np.broadcast_to(p, dp.shape).astype(np.float64), dp.astype(np.float64)
         gold = p64 * (dp64 - (p64 * dp64).sum(-1, keepdims=True))
         assert_close(got, gold, "dS vs float64", RTOL[dtype], 0)
+        assert np.all(got[..., -1, :] == 0)  # the empty rows
+
+
+@pytest.mark.parametrize("l", [6, 70])
+def test_softmax_backward_dominant_key_float32(emu, l):
+    """Rows where one key holds all but 1e-6..1e-3 of the weight: the dominant key's dS, rebuilt from
+    the other keys (docs/backward.md, step 5), is within a few float32 roundings of the terms it is
+    made of (the other keys' P |dP| and the row term times their weight); P (dP - sum P dP) there
+    keeps a rounding of dP, thousands of times that.  The Array-API step does the same."""
+    rng = np.random.default_rng(7 + l)
+    shape = (2, 2, l, l)
+    s = rng.standard_normal(shape)
+    s[..., 0] += rng.uniform(7.0, 14.0, shape[:-1])  # key 0 dominates every row by 7..14
+    e = np.exp(s - s.max(-1, keepdims=True))
+    p = (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    dp = (rng.standard_normal(shape) + 10.0).astype(np.float32)  # a common offset: the worst case
+    p64, dp64 = p.astype(np.float64), dp.astype(np.float64)
+    # float64 gold of dS_0 on the float32 P, as the other keys give it (the weights of p sum to 1
+    # only to float32 rounding: P_0 (dP_0 - sum P dP) would differ by that rounding times dP)
+    gold = (p64 * dp64).sum(-1) * p64[..., 1:].sum(-1) - (p64 * dp64)[..., 1:].sum(-1)
+    flash = (p64 * (dp64 - (p64.astype(np.float32) * dp).sum(-1, keepdims=True)))[..., 0]
+    size = np.abs((p64 * dp64).sum(-1)) * p64[..., 1:].sum(-1) + np.abs(p64 * dp64)[..., 1:].sum(-1)
+    eps = float(np.finfo(np.float32).eps)
+    for got in (emu.softmax_backward(np, p, dp), XpOps().softmax_backward(np, p, dp)):
+        err = np.abs(got[..., 0].astype(np.float64) - gold) / (eps * size)
+        assert np.max(err) < 16, np.max(err)
+    assert np.max(np.abs(flash - gold) / (eps * size)) > 1e3  # what the step is there to avoid
 
 
 def _aft_inputs(rng, B, l, d, spread, dtype):

@@ -72,16 +72,16 @@ def _cases(dtype):
 def _signature(kernel, dtype, consts, fp32_ptrs):
     """Pointer types as the wrappers pass them: inputs and outputs in the layer's dtype; the row
     statistics and the gradients the wrappers accumulate in float32; the mask as int8, the AFT flag
-    as int32."""
+    and the flash backward's dominant key per row as int32."""
     sig = {}
     for name in kernel.arg_names:
         if name in consts:
             sig[name] = "constexpr"
         elif name == "m_ptr":
             sig[name] = "*i8"
-        elif name == "bad_ptr":  # the AFT forward's flag: some tile failed its check
+        elif name in ("bad_ptr", "idx_ptr"):  # the AFT forward's flag; the dominant key of a row
             sig[name] = "*i32"
-        elif name in ("lse_ptr", "delta_ptr", "stats_ptr") or name in fp32_ptrs:
+        elif name in ("lse_ptr", "delta_ptr", "corr_ptr", "stats_ptr") or name in fp32_ptrs:
             sig[name] = "*fp32"
         elif name.endswith("_ptr"):
             sig[name] = "*" + dtype

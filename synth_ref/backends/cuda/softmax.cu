@@ -62,24 +62,60 @@ extern "C" __global__ void masked_softmax_fwd(
 // dS then uses, as the eager softmax backward does, so on a nearly one-hot row the two cancel; the
 // cheaper sum_e dO O (equal in exact arithmetic) rounds differently and leaves one rounding of dP in
 // dS, which the logits' inputs multiply up (docs/backward.md).  Masked entries have P = 0: dS = 0.
+// At the row's dominant key m (its largest P, the first on a tie) dP_m - sum P dP still cancels to
+// one rounding of dP; there dS_m = rowdot * b - a, with a and b the sums of P dP and P over the other
+// keys (the weights sum to 1), which has no cancellation (docs/backward.md, step 5).
 extern "C" __global__ void softmax_bwd(
     const scalar_t* __restrict__ p, const scalar_t* __restrict__ dp, scalar_t* __restrict__ ds,
     int l, long long p_elems) {
   __shared__ scalar_t red[SR_SOFTMAX_THREADS];
+  __shared__ scalar_t red2[SR_SOFTMAX_THREADS];
+  __shared__ int redi[SR_SOFTMAX_THREADS];
   const long long row = blockIdx.x;
   const scalar_t* prow = p + (row * l) % p_elems;
   const scalar_t* dprow = dp + row * l;
   scalar_t* dsrow = ds + row * l;
   const int tid = threadIdx.x;
 
-  scalar_t acc = 0;
-  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS) acc += prow[j] * dprow[j];
+  // the row term and the dominant key (largest P, smallest index among equals)
+  scalar_t acc = 0, top = -1;
+  int at = -1;
+  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS) {
+    acc += prow[j] * dprow[j];
+    if (prow[j] > top) { top = prow[j]; at = j; }  // j increases: the first of equals stays
+  }
   red[tid] = acc;
+  red2[tid] = top;
+  redi[tid] = at;
   __syncthreads();
   for (int w = SR_SOFTMAX_THREADS / 2; w > 0; w >>= 1) {
-    if (tid < w) red[tid] += red[tid + w];
+    if (tid < w) {
+      red[tid] += red[tid + w];
+      const scalar_t o = red2[tid + w];
+      const int oi = redi[tid + w];
+      if (o > red2[tid] || (o == red2[tid] && oi >= 0 && (redi[tid] < 0 || oi < redi[tid]))) {
+        red2[tid] = o;
+        redi[tid] = oi;
+      }
+    }
     __syncthreads();
   }
   const scalar_t rowdot = red[0];
-  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS) dsrow[j] = prow[j] * (dprow[j] - rowdot);
+  const int m = redi[0];
+  __syncthreads();  // everyone has read red[0], redi[0] before they are reused
+
+  // a, b: the sums of P dP and P over the keys other than m
+  scalar_t a = 0, b = 0;
+  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS)
+    if (j != m) { a += prow[j] * dprow[j]; b += prow[j]; }
+  red[tid] = a;
+  red2[tid] = b;
+  __syncthreads();
+  for (int w = SR_SOFTMAX_THREADS / 2; w > 0; w >>= 1) {
+    if (tid < w) { red[tid] += red[tid + w]; red2[tid] += red2[tid + w]; }
+    __syncthreads();
+  }
+  const scalar_t dsm = rowdot * red2[0] - red[0];
+  for (int j = tid; j < l; j += SR_SOFTMAX_THREADS)
+    dsrow[j] = j == m ? dsm : prow[j] * (dprow[j] - rowdot);
 }

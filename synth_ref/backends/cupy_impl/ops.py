@@ -50,8 +50,17 @@ class XpOps:
         """dS = P * (dP - sum_t' P dP) per row; P may have batch 1 (shared logits).  The row term is
         reduced from the same dP values dS uses, not taken as the cheaper sum_e dO * O (equal in
         exact arithmetic): on a nearly one-hot row only the former cancels as the eager softmax
-        backward does (docs/backward.md, step 4).  Masked entries have P = 0, hence dS = 0."""
-        return p * (dp - xp.sum(p * dp, axis=-1, keepdims=True))
+        backward does (docs/backward.md, step 4).  Masked entries have P = 0, hence dS = 0.  At each
+        row's dominant key m (largest P, the first on a tie) dS_m = rowdot * b - a, with a, b the
+        sums of P dP and P over the other keys: equal since the weights sum to 1, and free of the
+        cancellation left in dP_m - rowdot (step 5)."""
+        pdp = p * dp
+        rowdot = xp.sum(pdp, axis=-1, keepdims=True)
+        m = xp.arange(p.shape[-1], device=c._dev(p)) == xp.argmax(p, axis=-1, keepdims=True)
+        zero = c.const(xp, 0.0, pdp)
+        a = xp.sum(xp.where(m, zero, pdp), axis=-1, keepdims=True)
+        b = xp.sum(xp.where(m, zero, p), axis=-1, keepdims=True)
+        return xp.where(m, rowdot * b - a, p * (dp - rowdot))
 
     # --- AFT family -------------------------------------------------------------------------------
     def aft_forward(self, xp, k, v, pos, causal, kpm):

@@ -154,17 +154,44 @@ def _probs(s, m, inv):
 
 
 @triton.jit
+def _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l):
+    """(delta, corr, idx) of these rows as :func:`_bwd_delta` stored them (0, 0, -1 outside l)."""
+    delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+    corr = tl.load(corr_ptr + bh * l + rows, mask=rows < l, other=0.0)
+    idx = tl.load(idx_ptr + bh * l + rows, mask=rows < l, other=-1)
+    return delta, corr, idx
+
+
+@triton.jit
+def _ds(p, dp, delta, corr, idx, keys):
+    """dS = P (dP - delta) for a (rows, keys) tile, but corr at each row's dominant key idx.
+
+    On a nearly one-hot row, dP_m - delta at the dominant key m is a difference of two numbers
+    that agree to within the row's small weights: it keeps one rounding of dP, which is large next
+    to the true dS_m = P_m (dP_m - delta) and which whatever produced the logits then multiplies
+    (logits spread over 1e4: float32 gradients of dense's w_1 at 7x the suite's tolerance).  Since
+    the weights sum to 1, dS_m = delta * b - a exactly, with a, b the sums of P dP and P over the
+    other keys: no cancellation.  The reference gets the same from autodiff through its row
+    maximum (dS_m = -sum of the other keys' dS).  idx = -1 (the half-precision path, which keeps
+    flash attention's cheaper row term) matches no key."""
+    return tl.where(keys[None, :] == idx[:, None], corr[:, None], p * (dp - delta[:, None]))
+
+
+@triton.jit
 def _bwd_delta(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
                kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
                ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
-               do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr,
+               do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, corr_ptr, idx_ptr,
                H, l, D, E, scale,
                CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
                HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
                ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
     """delta[t] = sum over keys of P dP, from the same (rows, keys) tiles, hence the same rounded dP,
     as the kernels that form dS = P (dP - delta): on a nearly one-hot row the two then cancel as
-    they do in the eager softmax backward (see :class:`FlashMix`)."""
+    they do in the eager softmax backward (see :class:`FlashMix`).  Also the row's dominant key
+    m[t] (its largest P, the first on a tie) and that key's dS rebuilt from the others,
+    corr[t] = delta * b - a with a, b the sums of P dP and P over the keys other than m (see
+    :func:`_ds`)."""
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, hh = bh // H, bh % H
     rows = pid_m * BM + tl.arange(0, BM)
@@ -172,6 +199,15 @@ def _bwd_delta(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_p
     do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
     rm, rinv = _row_stats(stats_ptr, bh, rows, l)
     delta = tl.zeros([BM], ACC)
+    # The dominant key so far (idx, its P in top, its P dP and P in top_a, top_b) and the sums of
+    # P dP and P over every other key seen (rest_a, rest_b): when a later tile holds a larger P, the
+    # old dominant key's terms move into the rest, added, never subtracted out of a total.
+    top = tl.full([BM], -1.0, ACC)
+    idx = tl.zeros([BM], tl.int32)
+    top_a = tl.zeros([BM], ACC)
+    top_b = tl.zeros([BM], ACC)
+    rest_a = tl.zeros([BM], ACC)
+    rest_b = tl.zeros([BM], ACC)
     hi = tl.minimum(l, (pid_m + 1) * BM) if CAUSAL else l
     for start in range(0, hi, BK):
         keys = start + tl.arange(0, BK)
@@ -183,15 +219,29 @@ def _bwd_delta(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_p
                     HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = _probs(s, rm, rinv)
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        delta += tl.sum(p * dp, 1)
+        pdp = p * dp
+        delta += tl.sum(pdp, 1)
+        # this tile's dominant key (max and min, not argmax: the first key at the tile's largest P)
+        pm = tl.max(p, 1)
+        ti = tl.min(tl.where(p == pm[:, None], keys[None, :], 2147483647), 1)
+        at = keys[None, :] == ti[:, None]
+        ta, tb = tl.sum(tl.where(at, pdp, 0.0), 1), tl.sum(tl.where(at, p, 0.0), 1)
+        new = pm > top
+        rest_a += tl.where(new, top_a, ta) + tl.sum(tl.where(at, 0.0, pdp), 1)
+        rest_b += tl.where(new, top_b, tb) + tl.sum(tl.where(at, 0.0, p), 1)
+        top_a, top_b = tl.where(new, ta, top_a), tl.where(new, tb, top_b)
+        idx = tl.where(new, ti, idx)
+        top = tl.where(new, pm, top)
     tl.store(delta_ptr + bh * l + rows, delta, mask=rows < l)
+    tl.store(corr_ptr + bh * l + rows, delta * rest_b - rest_a, mask=rows < l)
+    tl.store(idx_ptr + bh * l + rows, idx, mask=rows < l)
 
 
 @triton.jit
 def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
              kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
              ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
-             do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr,
+             do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, corr_ptr, idx_ptr,
              dk_ptr, dv_ptr, dkb_ptr,
              H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
@@ -211,7 +261,7 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
         do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
         rm, rinv = _row_stats(stats_ptr, bh, rows, l)
-        delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+        delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
                     ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
                     b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
@@ -219,7 +269,7 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         p = _probs(s, rm, rinv)
         dv += tl.dot(tl.trans(p).to(do.dtype), do, out_dtype=ACC, input_precision="ieee")
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        ds = p * (dp - delta[:, None])
+        ds = _ds(p, dp, delta, corr, idx, keys)
         if HAS_QK:
             dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=ACC, input_precision="ieee")
         dkb += tl.sum(ds, 0)
@@ -236,7 +286,8 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
 def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
             kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
             ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
-            do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, dq_ptr, dga_ptr, dgb_ptr,
+            do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, corr_ptr, idx_ptr, dq_ptr, dga_ptr,
+            dgb_ptr,
             H, l, D, E, scale,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
             HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
@@ -247,7 +298,7 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
     q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
     do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
     rm, rinv = _row_stats(stats_ptr, bh, rows, l)
-    delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+    delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l)
     dq = tl.zeros([BM, BD], ACC)
     hi = tl.minimum(l, (pid_m + 1) * BM) if CAUSAL else l
     for start in range(0, hi, BK):
@@ -260,7 +311,7 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
                     HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = _probs(s, rm, rinv)
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        ds = p * (dp - delta[:, None])
+        ds = _ds(p, dp, delta, corr, idx, keys)
         if HAS_QK:
             dq += tl.dot(ds.to(kt.dtype), kt, out_dtype=ACC, input_precision="ieee")
         if HAS_FD:
@@ -282,7 +333,7 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
 def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
              kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
              ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
-             do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, dfb_ptr,
+             do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, corr_ptr, idx_ptr, dfb_ptr,
              B, H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
              HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
@@ -301,14 +352,14 @@ def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
         v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
         rm, rinv = _row_stats(stats_ptr, bh, rows, l)
-        delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
+        delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
                     ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
                     b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
                     HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = _probs(s, rm, rinv)
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        acc += p * (dp - delta[:, None])
+        acc += _ds(p, dp, delta, corr, idx, keys)
     tl.store(dfb_ptr + hh * l * l + rows[:, None] * l + keys[None, :], acc,
              mask=(rows[:, None] < l) & (keys[None, :] < l))
 
@@ -372,11 +423,15 @@ class FlashMix(torch.autograd.Function):
         meta = _meta(l, D, E, ctx.causal, has_mask, kb, fb, fd, v.dtype)
         operands = (*_operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk), dout, *dout.stride(), stats)
         if v.dtype in EXACT_DELTA:
-            delta = torch.empty(B, H, l, device=v.device, dtype=stats.dtype)
-            _bwd_delta[(triton.cdiv(l, meta["BM"]), B * H)](*operands, delta, H, l, D, E, ctx.scale, **meta)
-        else:
+            delta, corr = (torch.empty(B, H, l, device=v.device, dtype=stats.dtype) for _ in range(2))
+            idx = torch.empty(B, H, l, device=v.device, dtype=torch.int32)
+            grid = (triton.cdiv(l, meta["BM"]), B * H)
+            _bwd_delta[grid](*operands, delta, corr, idx, H, l, D, E, ctx.scale, **meta)
+        else:  # no dominant-key term (idx -1 matches no key): see EXACT_DELTA
             delta = (dout.to(stats.dtype) * out.to(stats.dtype)).sum(-1).contiguous()  # (B, h, l)
-        common = (*operands, delta)
+            corr = torch.zeros_like(delta)
+            idx = torch.full((B, H, l), -1, device=v.device, dtype=torch.int32)
+        common = (*operands, delta, corr, idx)
         need_q, need_k, need_v, need_kb, need_fb, need_ga, need_gb = ctx.needs_input_grad[:7]
         dq = dk = dv = dkb = dfb = dga = dgb = None
         grads = stats.new_zeros(1)  # the pointer for a gradient a kernel does not write
