@@ -86,6 +86,25 @@ def _weights(spec, p, x, xp, causal, key_padding_mask):
     return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
 
 
+def weights_vjp(xp, p, dp):
+    """dL/dS from dL/dP for rows of weights P = softmax(S) (masked entries and empty rows: P = 0),
+    as a hand-written or fused backward should form it; the reference itself is differentiated
+    through its forward, which gives the same (docs/backward.md, steps 3-5).
+
+    dS = P (dP - delta) with the row term delta = sum P dP reduced from these very dP values, except
+    at each row's dominant key m (its largest P, the first on a tie): there dP_m - delta cancels to
+    one rounding of dP, large next to the true value once the other keys' weights are small, so
+    dS_m = delta * b - a, with a and b the sums of P dP and of P over the other keys (equal because
+    the weights sum to 1; no cancellation).  P may be shared by the batch (leading axis 1)."""
+    pdp = p * dp
+    delta = xp.sum(pdp, axis=-1, keepdims=True)
+    dom = xp.arange(p.shape[-1], device=c._dev(p)) == xp.argmax(p, axis=-1, keepdims=True)
+    zero = c.const(xp, 0.0, pdp)
+    a = xp.sum(xp.where(dom, zero, pdp), axis=-1, keepdims=True)
+    b = xp.sum(xp.where(dom, zero, p), axis=-1, keepdims=True)
+    return xp.where(dom, delta * b - a, p * (dp - delta))
+
+
 def weights(spec, p, x, xp, causal, key_padding_mask):
     """P (B, h, l, l): the row-softmax of the logits over allowed keys; 0 on rows with none."""
     B, l, _ = x.shape

@@ -11,8 +11,9 @@ Paths (``PATHS``), chosen per call:
     (:mod:`.jax_xla_aft`, any platform and dtype: O(l^2 d) multiply-adds instead of the reference's
     O(l^2 d) exponentials, with an exact fallback the check selects); on a GPU, softmax variants
     whose logits are a low-rank product plus biases go through :func:`jax.nn.dot_product_attention`
-    (cuDNN's fused kernel for float16 / bfloat16 where cuDNN accepts the shapes, else its XLA form;
-    float64 excluded: that form computes in float32).  ``aft_simple`` is a prefix scan (below; any
+    (cuDNN's fused kernel for float16 / bfloat16 where cuDNN accepts the shapes), else through its
+    XLA form written here with :func:`_softmax`, whose backward is the reference's (float64
+    excluded: planned to the reference).  ``aft_simple`` is a prefix scan (below; any
     platform, on every fused path).  Everything else: the reference (which XLA compiles; on CPU the
     dot_product_attention rewrite would be the same math).
 ``"pallas"``
@@ -52,6 +53,7 @@ import numpy as np
 
 import synth_ref as sr
 from synth_ref import _common, _inputs
+from synth_ref import _softmax as _spec_softmax
 
 from .jax_pallas_flash import accumulator
 from .jax_plan import (  # noqa: F401 - re-exported: the dispatch's public names
@@ -297,8 +299,46 @@ def _random_folded(r, v, causal):
     s = r[:, :l, :l]
     if causal:
         s = jnp.where(jnp.tril(jnp.ones((l, l), bool)), s, -jnp.inf)  # the diagonal is always allowed
-    prob = jax.nn.softmax(s.astype(accumulator(v.dtype)), axis=-1).astype(v.dtype)
+    prob = _softmax(s.astype(accumulator(v.dtype))).astype(v.dtype)
     return jnp.einsum("hij,bhje->bhie", prob, v)
+
+
+@jax.custom_vjp
+def _softmax(s):
+    """The row softmax over the last axis of logits with -inf at excluded keys; 0 on a row with none.
+    Not jax.nn.softmax: its backward is flash attention's form, P (dP - sum P dP) at every key, which
+    at a row's dominant key keeps a rounding of dP that large logit weights multiply (float32
+    gradients of dense at logits over 1e4: up to 30x the suite's tolerance); this one's is
+    :func:`synth_ref._softmax.weights_vjp` (docs/backward.md, step 5)."""
+    return _softmax_fwd(s)[0]
+
+
+def _softmax_fwd(s):
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m))  # excluded keys: exp(-inf) = 0
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    p = jnp.where(total > 0, e / jnp.where(total > 0, total, 1.0), 0.0)
+    return p, p
+
+
+def _softmax_bwd(p, dp):
+    return (_spec_softmax.weights_vjp(jnp, p, dp),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def _xla_attention(q, k, v, bias, allow, causal):
+    """dot_product_attention's XLA form on the (B, l, h, width) layout, with :func:`_softmax` (in
+    float32 for half-precision inputs, as dot_product_attention's own form computes it)."""
+    acc = accumulator(v.dtype)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc) + bias.astype(acc)
+    l = s.shape[-1]
+    ok = jnp.ones((1, 1, l, l), bool) if not causal else jnp.tril(jnp.ones((l, l), bool))[None, None]
+    if allow is not None:
+        ok = ok & allow
+    prob = _softmax(jnp.where(ok, s, -jnp.inf)).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhe->bqhe", prob, v)
 
 
 def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
@@ -320,12 +360,14 @@ def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
     bias = jnp.broadcast_to(bias, (1, h, l, l)).astype(v.dtype)
     allow = None if mask is None else mask[:, None, None, :]
     args = (layout(q.astype(v.dtype)), layout(k.astype(v.dtype)), layout(v), bias, allow)
-    cudnn = jax.default_backend() == "gpu" and v.dtype in (jnp.float16, jnp.bfloat16)
-    impl = "cudnn" if cudnn else "xla"
-    try:
-        o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation=impl)
-    except Exception:  # noqa: BLE001 - cuDNN refuses some shapes at trace time: use the XLA form
-        o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation="xla")
+    o = None
+    if jax.default_backend() == "gpu" and v.dtype in (jnp.float16, jnp.bfloat16):
+        try:
+            o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation="cudnn")
+        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes at trace time: use the XLA form
+            o = None
+    if o is None:
+        o = _xla_attention(*args, causal)
     o = jnp.transpose(o[..., :e], (0, 2, 1, 3))
     if mask is not None:
         o = o * rows_with_keys(mask, causal)[:, None, :, None].astype(o.dtype)

@@ -14,6 +14,7 @@ into G groups of channels (G = 1, or n_heads for aft_conv); ``pos`` the position
 from __future__ import annotations
 
 from synth_ref import _common as c
+from synth_ref import _softmax
 
 #: Elements of one (B, rows, l, d) AFT block temporary; the backward holds about six at once.
 #: Any value gives the same numbers (it only sets how many query rows go together).
@@ -47,20 +48,11 @@ class XpOps:
         return c.safe_divide(xp, e, xp.sum(e, axis=-1, keepdims=True))
 
     def softmax_backward(self, xp, p, dp):
-        """dS = P * (dP - sum_t' P dP) per row; P may have batch 1 (shared logits).  The row term is
-        reduced from the same dP values dS uses, not taken as the cheaper sum_e dO * O (equal in
-        exact arithmetic): on a nearly one-hot row only the former cancels as the eager softmax
-        backward does (docs/backward.md, step 4).  Masked entries have P = 0, hence dS = 0.  At each
-        row's dominant key m (largest P, the first on a tie) dS_m = rowdot * b - a, with a, b the
-        sums of P dP and P over the other keys: equal since the weights sum to 1, and free of the
-        cancellation left in dP_m - rowdot (step 5)."""
-        pdp = p * dp
-        rowdot = xp.sum(pdp, axis=-1, keepdims=True)
-        m = xp.arange(p.shape[-1], device=c._dev(p)) == xp.argmax(p, axis=-1, keepdims=True)
-        zero = c.const(xp, 0.0, pdp)
-        a = xp.sum(xp.where(m, zero, pdp), axis=-1, keepdims=True)
-        b = xp.sum(xp.where(m, zero, p), axis=-1, keepdims=True)
-        return xp.where(m, rowdot * b - a, p * (dp - rowdot))
+        """dS from dP on rows of P (shared logits: P has batch 1), as :func:`synth_ref._softmax.weights_vjp`
+        forms it: the row term reduced from the same dP values dS uses, not taken as the cheaper
+        sum_e dO * O (equal in exact arithmetic; docs/backward.md, step 4), and the dominant key's dS
+        rebuilt from the other keys (step 5).  Masked entries have P = 0, hence dS = 0."""
+        return _softmax.weights_vjp(xp, p, dp)
 
     # --- AFT family -------------------------------------------------------------------------------
     def aft_forward(self, xp, k, v, pos, causal, kpm):
