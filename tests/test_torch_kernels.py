@@ -137,7 +137,7 @@ def _compare(spec, dtype, causal, masked, gold_dtype=torch.float64, length=L, ke
     x, mask = _inputs(spec, dtype, masked, length=length)
     y, path = torch_triton.layer_forward(spec, params, x, causal=causal, key_padding_mask=mask,
                                          kernels="always")
-    assert path == "triton:" + (kernel or torch_triton.kernel_name(spec))
+    assert path == "triton:" + (kernel or torch_triton.kernel_name(spec, causal))
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEVICE)
     leaves = [x, *params.values()]
     grads = torch.autograd.grad(y, leaves, dy.to(dtype))
@@ -162,11 +162,30 @@ def _compare(spec, dtype, causal, masked, gold_dtype=torch.float64, length=L, ke
 # factorized_dense together in both; factorized_dense alone (no product term: the kernels'
 # HAS_QK=False) runs once per tiling.
 ONE_MODE = {"dot_product": (True, True), "factorized_random": (True, True),
-            "factorized_dense": (False, True), "factorized_dense_tile": (True, True)}
+            "factorized_dense": (False, True), "factorized_dense_tile": (True, True),
+            "aft_simple": (True, True)}  # without a causal mask: the reference (next test)
 CASES = [(name, causal, masked) for name in SPECS for causal, masked in ((False, True), (True, True))
          if ONE_MODE.get(name, (causal, masked)) == (causal, masked)
          and (name != "aft_local_wide" or not causal)]  # causal: a band of 8 <= l / 2 is windowed
 CASES += [(name, False, False) for name in ("random", "dense", "aft_full")]  # the mask-free kernels
+
+
+@in_this_process
+def test_aft_simple_without_causal_mask_takes_the_reference():
+    """aft_simple without a causal mask is one softmax over the keys per channel, the same for every
+    row: the reference's O(l d) form, exact where the AFT kernel's O(l^2 d) GEMM form is not (dx 86x
+    the tolerance with K spread over 1e4).  The path says so; kernels='always' refuses with why; the
+    causal form still takes the kernel."""
+    spec = SPECS["aft_simple"]
+    params = _params(spec, torch.float64)
+    x, mask = _inputs(spec, torch.float64, masked=True)
+    y, path = torch_triton.layer_forward(spec, params, x, causal=False, key_padding_mask=mask)
+    assert path == "eager: aft_simple without a causal mask: the reference's O(l d) form"
+    assert torch.equal(y, _reference(spec, params, x, False, mask))
+    with pytest.raises(RuntimeError, match="kernels='always': no fused kernel runs here: aft_simple without"):
+        torch_triton.layer_forward(spec, params, x, causal=False, key_padding_mask=mask, kernels="always")
+    _, path = torch_triton.layer_forward(spec, params, x, causal=True, key_padding_mask=mask)
+    assert path == "triton:aft"
 
 
 @in_this_process
@@ -446,7 +465,7 @@ def test_torch_compile_runs_the_interpreted_kernels(variant):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*lru_cache.*")
         yc = torch.compile(layer, backend="eager")(x, causal=True, key_padding_mask=mask)
-    assert layer.last_path == "triton:" + torch_triton.kernel_name(SPECS[variant])
+    assert layer.last_path == "triton:" + torch_triton.kernel_name(SPECS[variant], True)
     grads_c = torch.autograd.grad(yc.square().sum(), list(layer.parameters()))
     assert torch.equal(yc, y)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_c, strict=True))

@@ -85,8 +85,9 @@ class TorchAdapter:
         from .torch_triton import kernel_name, layer_forward
 
         y, self.last_path = layer_forward(spec, params, x, causal=causal, key_padding_mask=key_padding_mask)
-        if self.interpret and kernel_name(spec) is not None and not self.last_path.startswith("triton:"):
-            raise RuntimeError(f"{self.name}: kernel {kernel_name(spec)!r} covers {spec.variant!r} but "
+        name = kernel_name(spec, causal)
+        if self.interpret and name is not None and not self.last_path.startswith("triton:"):
+            raise RuntimeError(f"{self.name}: kernel {name!r} covers {spec.variant!r} but "
                                f"the reference ran ({self.last_path})")
         return y
 

@@ -32,11 +32,12 @@ GPU_DTYPES = ("float32", "float16", "bfloat16")
 INTERPRETER_DTYPES = ("float64", "float32", "float16")
 
 
-def kernel_name(spec) -> str | None:
-    """The fused kernel that covers ``spec``, or None.  Mask and dtype support is the same for all."""
+def kernel_name(spec, causal: bool) -> str | None:
+    """The fused kernel that covers ``spec`` with or without a causal mask, or None (aft_simple
+    without one: the reference's O(l d) form).  Key padding and dtype support is the same for all."""
     from . import _plan
 
-    return _plan.kernel_name(spec)
+    return _plan.kernel_name(spec, bool(causal))
 
 
 def _triton_state():
@@ -62,14 +63,16 @@ def interpreter_state() -> tuple[bool, str]:
     return True, ""
 
 
-def choose(spec, x, kernels: str = "auto") -> tuple[str | None, str]:
+def choose(spec, x, kernels: str = "auto", *, causal: bool = False) -> tuple[str | None, str]:
     """(kernel name or None, why): the decision :func:`layer_forward` takes, without running it."""
     if kernels not in KERNEL_MODES:
         raise ValueError(f"kernels: expected one of {KERNEL_MODES}; got {kernels!r}")
     if kernels == "never":
         return None, "kernels='never'"
-    name = kernel_name(spec)
+    name = kernel_name(spec, causal)
     if name is None:
+        if spec.variant == "aft_simple":
+            return None, "aft_simple without a causal mask: the reference's O(l d) form"
         return None, f"no fused kernel covers {spec.variant!r} with options {spec.options()}"
     dtype = str(x.dtype).removeprefix("torch.")
     if x.device.type == "cuda":
@@ -100,7 +103,7 @@ def layer_forward(spec, params: dict, x, *, causal: bool = False, key_padding_ma
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor; got {type(x).__name__}")
     _, params, causal, mask = prepare(spec, params, x, causal, key_padding_mask)  # errors first
-    name, why = choose(spec, x, kernels)
+    name, why = choose(spec, x, kernels, causal=causal)
     if name is None:
         if kernels == "always":
             raise RuntimeError(f"kernels='always': no fused kernel runs here: {why}")

@@ -16,7 +16,13 @@ import torch
 FLASH_COMPONENTS = ("dot_product", "dense", "factorized_random", "random", "factorized_dense")
 
 
-def kernel_name(spec) -> str | None:
+def kernel_name(spec, causal: bool) -> str | None:
+    if spec.variant == "aft_simple" and not causal:
+        # Every query row is the same softmax over the keys, per channel: the reference computes it
+        # once per batch element, O(l d), and differentiates through its exact maximum.  The AFT
+        # kernel would do O(l^2 d) GEMM work, and its GEMM-form backward cancels on a channel one
+        # key dominates (dx 86x the conformance tolerance with K spread over 1e4, docs/conformance.md).
+        return None
     if spec.family == "softmax":
         if spec.variant == "random":
             return "random"
