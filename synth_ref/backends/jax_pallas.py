@@ -314,10 +314,9 @@ def _softmax(s):
 
 
 def _softmax_fwd(s):
-    m = jnp.max(s, axis=-1, keepdims=True)
-    e = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m))  # excluded keys: exp(-inf) = 0
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    p = jnp.where(total > 0, e / jnp.where(total > 0, total, 1.0), 0.0)
+    m = _common.masked_max(jnp, s, s > -jnp.inf, axis=-1)  # 0 on a row with no allowed key
+    e = jnp.exp(s - m)  # excluded keys: exp(-inf) = 0
+    p = _common.safe_divide(jnp, e, jnp.sum(e, axis=-1, keepdims=True))
     return p, p
 
 

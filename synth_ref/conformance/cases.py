@@ -542,7 +542,8 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
                             grad_dtypes=ALL if deep else grad,
                         )
                     )
-    for variants_, conds in ((OPPOSED_VARIANTS, _OPPOSED), (SATURATED_VARIANTS, _SATURATED if deep else [])):
+    regimes = [(OPPOSED_VARIANTS, _OPPOSED)] + ([(SATURATED_VARIANTS, _SATURATED)] if deep else [])
+    for variants_, conds in regimes:
         for variant in variants_:
             for opts in CONFIGS[variant] if deep else CONFIGS[variant][:1]:
                 for tag, causal, mask, values, fwd, grad in conds:

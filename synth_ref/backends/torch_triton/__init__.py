@@ -71,9 +71,10 @@ def choose(spec, x, kernels: str = "auto", *, causal: bool = False) -> tuple[str
         return None, "kernels='never'"
     name = kernel_name(spec, causal)
     if name is None:
-        if spec.variant == "aft_simple":
-            return None, "aft_simple without a causal mask: the reference's O(l d) form"
-        return None, f"no fused kernel covers {spec.variant!r} with options {spec.options()}"
+        from . import _plan
+
+        return None, (_plan.reference_form(spec, causal)
+                      or f"no fused kernel covers {spec.variant!r} with options {spec.options()}")
     dtype = str(x.dtype).removeprefix("torch.")
     if x.device.type == "cuda":
         if dtype not in GPU_DTYPES:
