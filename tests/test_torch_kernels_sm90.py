@@ -33,6 +33,8 @@ def _cases(dtype):
     # factorized_dense alone: no product term, the "tile" column map.  Its pointer types are those of
     # the full flash case above, so one dtype suffices (each compile costs CI seconds).
     fdense = dict(flash, HAS_KB=False, HAS_FB=False, HAS_QK=False, FD_TILE=True)
+    # the backward kernels after the delta pass: the dominant-key term in float32 (EXACT_DELTA) only
+    bwd, fdense_bwd = (dict(d, DOMINANT=dtype != "bf16") for d in (flash, fdense))
     rand = dict(flags, BM=64, BN=64, BK=64)
     import torch
 
@@ -48,9 +50,9 @@ def _cases(dtype):
         (_random._bwd_dr, rand, {"mx_ptr", "inv_ptr"}, nw),
         (_flash._fwd, flash, {"o_ptr"}, nw),  # O unrounded in float32 (_flash.EXACT_DELTA)
         (_flash._bwd_delta, flash, set(), nw),  # float32 and float64 only (EXACT_DELTA)
-        (_flash._bwd_dkv, flash, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
-        (_flash._bwd_dq, flash, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw),
-        (_flash._bwd_dfb, flash, {"dfb_ptr"}, nw),
+        (_flash._bwd_dkv, bwd, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
+        (_flash._bwd_dq, bwd, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw),
+        (_flash._bwd_dfb, bwd, {"dfb_ptr"}, nw),
         (_aft._fwd, aft, set(), 4),
         (_aft._bwd_dkv, aft, set(), 4),
         (_aft._bwd_dw, dict(aft, DIAG=False), {"dw_ptr"}, 4),
@@ -65,8 +67,8 @@ def _cases(dtype):
         (_aft_window._bwd_dw_win, dict(win, DIAG=False), {"dwb_ptr"}, 4),
         (_aft_window._bwd_dw_win, dict(win, DIAG=True), {"dwb_ptr"}, 4),
     ] + ([(_flash._fwd, fdense, {"o_ptr"}, nw),
-          (_flash._bwd_dkv, fdense, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
-          (_flash._bwd_dq, fdense, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw)] if dtype == "bf16" else [])
+          (_flash._bwd_dkv, fdense_bwd, {"dk_ptr", "dv_ptr", "dkb_ptr"}, nw),
+          (_flash._bwd_dq, fdense_bwd, {"dq_ptr", "dga_ptr", "dgb_ptr"}, nw)] if dtype == "bf16" else [])
 
 
 def _signature(kernel, dtype, consts, fp32_ptrs):

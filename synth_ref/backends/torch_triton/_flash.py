@@ -154,16 +154,21 @@ def _probs(s, m, inv):
 
 
 @triton.jit
-def _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l):
-    """(delta, corr, idx) of these rows as :func:`_bwd_delta` stored them (0, 0, -1 outside l)."""
+def _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l, DOMINANT: tl.constexpr):
+    """(delta, corr, idx) of these rows as :func:`_bwd_delta` stored them (0, 0, -1 outside l);
+    without ``DOMINANT`` (bfloat16, float16: no delta pass) corr and idx are not read (0, -1)."""
     delta = tl.load(delta_ptr + bh * l + rows, mask=rows < l, other=0.0)
-    corr = tl.load(corr_ptr + bh * l + rows, mask=rows < l, other=0.0)
-    idx = tl.load(idx_ptr + bh * l + rows, mask=rows < l, other=-1)
+    if DOMINANT:
+        corr = tl.load(corr_ptr + bh * l + rows, mask=rows < l, other=0.0)
+        idx = tl.load(idx_ptr + bh * l + rows, mask=rows < l, other=-1)
+    else:
+        corr = tl.zeros_like(delta)
+        idx = tl.full(delta.shape, -1, tl.int32)
     return delta, corr, idx
 
 
 @triton.jit
-def _ds(p, dp, delta, corr, idx, keys):
+def _ds(p, dp, delta, corr, idx, keys, DOMINANT: tl.constexpr):
     """dS = P (dP - delta) for a (rows, keys) tile, but corr at each row's dominant key idx.
 
     On a nearly one-hot row, dP_m - delta at the dominant key m is a difference of two numbers
@@ -172,9 +177,13 @@ def _ds(p, dp, delta, corr, idx, keys):
     (logits spread over 1e4: float32 gradients of dense's w_1 at 7x the suite's tolerance).  Since
     the weights sum to 1, dS_m = delta * b - a exactly, with a, b the sums of P dP and P over the
     other keys: no cancellation.  The reference gets the same from autodiff through its row
-    maximum (dS_m = -sum of the other keys' dS).  idx = -1 (the half-precision path, which keeps
-    flash attention's cheaper row term) matches no key."""
-    return tl.where(keys[None, :] == idx[:, None], corr[:, None], p * (dp - delta[:, None]))
+    maximum (dS_m = -sum of the other keys' dS).  Without ``DOMINANT`` (the half-precision path,
+    which keeps flash attention's cheaper row term, see EXACT_DELTA) the plain form, with no
+    per-element select."""
+    ds = p * (dp - delta[:, None])
+    if DOMINANT:
+        ds = tl.where(keys[None, :] == idx[:, None], corr[:, None], ds)
+    return ds
 
 
 @triton.jit
@@ -246,7 +255,8 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
              H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
              HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
-             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+             DOMINANT: tl.constexpr):
     pid_k, bh = tl.program_id(0), tl.program_id(1)
     b, hh = bh // H, bh % H
     keys = pid_k * BK + tl.arange(0, BK)
@@ -261,7 +271,7 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
         do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
         rm, rinv = _row_stats(stats_ptr, bh, rows, l)
-        delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l)
+        delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l, DOMINANT)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
                     ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
                     b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
@@ -269,7 +279,7 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         p = _probs(s, rm, rinv)
         dv += tl.dot(tl.trans(p).to(do.dtype), do, out_dtype=ACC, input_precision="ieee")
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        ds = _ds(p, dp, delta, corr, idx, keys)
+        ds = _ds(p, dp, delta, corr, idx, keys, DOMINANT)
         if HAS_QK:
             dk += tl.dot(tl.trans(ds).to(q.dtype), q, out_dtype=ACC, input_precision="ieee")
         dkb += tl.sum(ds, 0)
@@ -291,14 +301,15 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
             H, l, D, E, scale,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
             HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
-            ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+            ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+            DOMINANT: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, hh = bh // H, bh % H
     rows = pid_m * BM + tl.arange(0, BM)
     q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
     do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
     rm, rinv = _row_stats(stats_ptr, bh, rows, l)
-    delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l)
+    delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l, DOMINANT)
     dq = tl.zeros([BM, BD], ACC)
     hi = tl.minimum(l, (pid_m + 1) * BM) if CAUSAL else l
     for start in range(0, hi, BK):
@@ -311,7 +322,7 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
                     HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = _probs(s, rm, rinv)
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        ds = _ds(p, dp, delta, corr, idx, keys)
+        ds = _ds(p, dp, delta, corr, idx, keys, DOMINANT)
         if HAS_QK:
             dq += tl.dot(ds.to(kt.dtype), kt, out_dtype=ACC, input_precision="ieee")
         if HAS_FD:
@@ -337,7 +348,8 @@ def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
              B, H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
              HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
-             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+             DOMINANT: tl.constexpr):
     pid_m, pid_k, hh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BM + tl.arange(0, BM)
     keys = pid_k * BK + tl.arange(0, BK)
@@ -352,14 +364,14 @@ def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
         v = _load_rows(v_ptr, s_vb, s_vh, s_vt, s_ve, b, hh, keys, l, E, BE)
         rm, rinv = _row_stats(stats_ptr, bh, rows, l)
-        delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l)
+        delta, corr, idx = _row_terms(delta_ptr, corr_ptr, idx_ptr, bh, rows, l, DOMINANT)
         s = _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
                     ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
                     b, hh, rows, keys, l, scale, CAUSAL, HAS_MASK, HAS_KB, HAS_FB,
                     HAS_QK, HAS_FD, FD_TILE, ACC, BM, BK)
         p = _probs(s, rm, rinv)
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
-        acc += _ds(p, dp, delta, corr, idx, keys)
+        acc += _ds(p, dp, delta, corr, idx, keys, DOMINANT)
     tl.store(dfb_ptr + hh * l * l + rows[:, None] * l + keys[None, :], acc,
              mask=(rows[:, None] < l) & (keys[None, :] < l))
 
@@ -427,11 +439,11 @@ class FlashMix(torch.autograd.Function):
             idx = torch.empty(B, H, l, device=v.device, dtype=torch.int32)
             grid = (triton.cdiv(l, meta["BM"]), B * H)
             _bwd_delta[grid](*operands, delta, corr, idx, H, l, D, E, ctx.scale, **meta)
-        else:  # no dominant-key term (idx -1 matches no key): see EXACT_DELTA
+        else:  # no dominant-key term (DOMINANT off: corr, idx are never read): see EXACT_DELTA
             delta = (dout.to(stats.dtype) * out.to(stats.dtype)).sum(-1).contiguous()  # (B, h, l)
-            corr = torch.zeros_like(delta)
-            idx = torch.full((B, H, l), -1, device=v.device, dtype=torch.int32)
+            corr = idx = delta
         common = (*operands, delta, corr, idx)
+        meta = dict(meta, DOMINANT=v.dtype in EXACT_DELTA)
         need_q, need_k, need_v, need_kb, need_fb, need_ga, need_gb = ctx.needs_input_grad[:7]
         dq = dk = dv = dkb = dfb = dga = dgb = None
         grads = stats.new_zeros(1)  # the pointer for a gradient a kernel does not write
