@@ -184,7 +184,8 @@ def _keys(j, bq, bk, dtype):
     return (j * bk + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)).astype(dtype)
 
 
-def _ds(i, j, bq, bk, causal, ins, do_ref, m_ref, inv_ref, di_ref, corr_ref, idx_ref, gathers=None):
+def _ds(i, j, bq, bk, causal, ins, do_ref, m_ref, inv_ref, di_ref, corr_ref=None, idx_ref=None, *,
+        gathers=None):
     """(P, dS) for block (i, j): dS = P * (dP - delta), delta the row term, except at each row's
     dominant key idx, where dS is corr (both from :func:`_delta_kernel`).
 
@@ -193,11 +194,14 @@ def _ds(i, j, bq, bk, causal, ins, do_ref, m_ref, inv_ref, di_ref, corr_ref, idx
     to the true dS_m and which whatever produced the logits then multiplies (logits spread over 1e4:
     float32 gradients of dense's w_1 at 7x the suite's tolerance).  Since the weights sum to 1,
     dS_m = delta * b - a exactly, with a, b the sums of P dP and P over the other keys: no
-    cancellation (the reference gets the same from autodiff through its row maximum).  idx = -1
-    (bfloat16 and float16, which keep the cheaper row term, see EXACT_DELTA) matches no key."""
+    cancellation (the reference gets the same from autodiff through its row maximum).  Without
+    corr and idx (bfloat16 and float16, which keep the cheaper row term, see EXACT_DELTA) the plain
+    form, with no per-element select."""
     p, dp = _p_dp(i, j, bq, bk, causal, ins, do_ref, m_ref, inv_ref, gathers)
-    at = _keys(j, bq, bk, p.dtype) == idx_ref[...]
-    return p, jnp.where(at, corr_ref[...], p * (dp - di_ref[...]))
+    ds = p * (dp - di_ref[...])
+    if idx_ref is not None:
+        ds = jnp.where(_keys(j, bq, bk, p.dtype) == idx_ref[...], corr_ref[...], ds)
+    return p, ds
 
 
 def _delta_kernel(*refs, bq, bk, causal, has):
@@ -247,13 +251,13 @@ def _delta_kernel(*refs, bq, bk, causal, has):
         idx_ref[...] = idx[...]
 
 
-def _drow_kernel(*refs, bq, bk, causal, has):
+def _drow_kernel(*refs, bq, bk, causal, has, n_row):
     """Gradients of the per-query-row operands: dq (q k^T) and d fa, d fb (factorized term)."""
     has_qk, _, has_fd = has
     ins, rest = _split(refs, has)
-    row_terms = rest[:6]  # dO, row max, 1 / row sum, delta, corr, idx
+    row_terms = rest[:n_row]  # dO, row max, 1 / row sum, delta[, corr, idx] (see _backward)
     n_out = has_qk + 2 * has_fd
-    outs, scs = rest[6:6 + n_out], rest[6 + n_out:]
+    outs, scs = rest[n_row:n_row + n_out], rest[n_row + n_out:]
     acc = ins.kb.dtype
     i, j = pl.program_id(2), pl.program_id(3)
 
@@ -265,7 +269,7 @@ def _drow_kernel(*refs, bq, bk, causal, has):
     @pl.when(_visible(i, j, bq, bk, causal))
     def _step():
         gathers = _gathers(ins) if has_fd else None
-        _, ds = _ds(i, j, bq, bk, causal, ins, *row_terms, gathers)
+        _, ds = _ds(i, j, bq, bk, causal, ins, *row_terms, gathers=gathers)
         n = 0
         if has_qk:
             kk = ins.k[...]
@@ -283,10 +287,10 @@ def _drow_kernel(*refs, bq, bk, causal, has):
             out[...] = sc[...]
 
 
-def _dkv_kernel(*refs, bq, bk, causal, has):
+def _dkv_kernel(*refs, bq, bk, causal, has, n_row):
     has_qk = has[0]
     ins, rest = _split(refs, has)
-    row_terms, rest = rest[:6], rest[6:]  # dO, row max, 1 / row sum, delta, corr, idx
+    row_terms, rest = rest[:n_row], rest[n_row:]  # dO, row max, 1 / row sum, delta[, corr, idx]
     do_ref = row_terms[0]
     if has_qk:
         dk_ref, dv_ref, dkb_ref, dk_sc, dv_sc, dkb_sc = rest
@@ -484,10 +488,11 @@ def _backward(ins, o, m, inv, do, *, causal, bq, bk, interpret):
             interpret=interpret,
             name="synth_flash_delta",
         )(*ops, do, m, inv)
-    else:  # no dominant-key term: idx -1 matches no key (see _ds)
+        extra = (do, m, inv, di, corr, idx)
+    else:  # no dominant-key term (see _ds)
         di = jnp.sum(do.astype(acc) * o.astype(acc), axis=-1, keepdims=True)
-        corr, idx = jnp.zeros_like(di), jnp.full_like(di, -1.0)
-    extra = (do, m, inv, di, corr, idx)
+        extra = (do, m, inv, di)
+    n_row = len(extra)  # the per-row inputs of the kernels below: dO (width e), then (bq, 1) columns
     grads = {}
 
     if has_qk or has_fd:  # dq, d fa, d fb: grid (b, h, i, j), j innermost
@@ -498,10 +503,10 @@ def _backward(ins, o, m, inv, do, *, causal, bq, bk, interpret):
         names = (["q"] if has_qk else []) + (["fa", "fb"] if has_fd else [])
         widths = [getattr(ins, n).shape[3] for n in names]
         res = pl.pallas_call(
-            functools.partial(_drow_kernel, bq=bq, bk=bk, causal=causal, has=has),
+            functools.partial(_drow_kernel, bq=bq, bk=bk, causal=causal, has=has, n_row=n_row),
             grid=(B, h, nq, nk),
             in_specs=_specs(ins, bq, bk, qi, ki, o_q)
-            + [_row_spec(bq, e, o_q, qi)] + [_row_spec(bq, 1, o_q, qi)] * 5,
+            + [_row_spec(bq, e, o_q, qi)] + [_row_spec(bq, 1, o_q, qi)] * (n_row - 1),
             out_specs=[_row_spec(bq, w, o_q, qi) for w in widths],
             out_shape=[jax.ShapeDtypeStruct((B, h, lp, w), acc) for w in widths],
             scratch_shapes=[pltpu.VMEM((bq, w), acc) for w in widths],
@@ -528,10 +533,10 @@ def _backward(ins, o, m, inv, do, *, causal, bq, bk, interpret):
                   jax.ShapeDtypeStruct((B, h, 1, lp), acc)]
     scratch += [pltpu.VMEM((bk, e), acc), pltpu.VMEM((1, bk), acc)]
     res = pl.pallas_call(
-        functools.partial(_dkv_kernel, bq=bq, bk=bk, causal=causal, has=has),
+        functools.partial(_dkv_kernel, bq=bq, bk=bk, causal=causal, has=has, n_row=n_row),
         grid=(B, h, nk, nq),
         in_specs=_specs(ins, bq, bk, qi, ki, o_kv)
-        + [_row_spec(bq, e, o_kv, qi)] + [_row_spec(bq, 1, o_kv, qi)] * 5,
+        + [_row_spec(bq, e, o_kv, qi)] + [_row_spec(bq, 1, o_kv, qi)] * (n_row - 1),
         out_specs=out_specs,
         out_shape=out_shape,
         scratch_shapes=scratch,
@@ -552,7 +557,7 @@ def _backward(ins, o, m, inv, do, *, causal, bq, bk, interpret):
             functools.partial(_drb_kernel, bq=bq, bk=bk, causal=causal, has=has),
             grid=(h, nq, nk, B),
             in_specs=_specs(ins, bq, bk, qi, ki, o_r)
-            + [_row_spec(bq, e, o_r, qi)] + [_row_spec(bq, 1, o_r, qi)] * 5,
+            + [_row_spec(bq, e, o_r, qi)] + [_row_spec(bq, 1, o_r, qi)] * (n_row - 1),
             # unclamped: blocks above a causal diagonal are written once, as zeros
             out_specs=pl.BlockSpec((None, bq, bk), lambda hh, i, j, b: (hh, i, j)),
             out_shape=jax.ShapeDtypeStruct((h, lp, lp), acc),
