@@ -27,7 +27,9 @@ PIP = ("--no-compile", "-c", str(ROOT / ".ci" / "constraints.txt"))
 # there, so the spec and the suite are known to run on NumPy alone.
 ENVS = {
     "base": ("test", ()),
-    "cpu": ("test,torch,triton,jax", ("pytest-xdist",)),  # every CPU framework, and xdist
+    # every CPU framework, xdist, and NVRTC (no GPU needed) for tests/test_cupy_nvrtc.py: the CuPy
+    # adapter's sources compiled as CuPy compiles them on a GPU
+    "cpu": ("test,torch,triton,jax", ("pytest-xdist", 'nvidia-cuda-nvrtc; sys_platform == "linux"')),
     "cupy": ("test,cupy", ()),
 }
 

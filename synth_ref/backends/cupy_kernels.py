@@ -1,7 +1,8 @@
 """Fused CUDA kernels for the CuPy adapter, and the glue that launches them.
 
 The CUDA sources live in ``synth_ref/backends/cuda/*.cu`` (compiled by CuPy's NVRTC at first use,
-once per dtype; CI compiles every one of them with nvcc for sm_90).  What they fuse:
+once per dtype; CI compiles every one of them with nvcc for sm_90, and the text CuPy gets with NVRTC
+itself, tests/test_cupy_nvrtc.py).  What they fuse:
 
 - ``masked_softmax_fwd``: the masked row softmax (masks from a causal flag and the key padding
   vector, never an (l, l) mask array; empty rows give 0), one pass instead of six elementwise ones.
