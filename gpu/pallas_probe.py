@@ -62,7 +62,13 @@ def main(argv=None) -> int:
     import jax
 
     import synth_ref as sr
+    from synth_ref.backends import jax_plan
 
+    # The adapter refuses the compiled kernels off jax_plan.PALLAS_PLATFORMS (TPU) before JAX sees
+    # them; lift that here so that the verdict is JAX's own lowering on this platform.  Should one
+    # come back "ok", PALLAS_PLATFORMS is what to widen (the suite's run after this one still
+    # refuses).
+    jax_plan.PALLAS_PLATFORMS = (*jax_plan.PALLAS_PLATFORMS, jax.default_backend())
     out = {"platform": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "path": args.path,
            "jax": jax.__version__}
     cases = {"flash": sr.Spec("dot_product", d_model=16, n_heads=2, max_len=32),

@@ -48,6 +48,29 @@ def test_platform_decides_the_path(monkeypatch):
         jp.select_path("tpu")
 
 
+@pytest.mark.parametrize("case", ["dense", "factorized_dense-outer", "aft_full"])
+def test_compiled_pallas_path_is_refused_off_tpu(case):
+    """path="pallas" compiles kernels written for the TPU lowering: on this CPU, and planned as on a
+    GPU, a call that would compile one is refused by name (JAX's own errors: "Only interpret mode is
+    supported on CPU backend", and on a GPU a misleading "install jaxlib GPU"); the interpreter path
+    and the kernel-free implementations still run."""
+    spec = CASES[case]
+    params = jax.tree.map(jnp.asarray, spec.init(seed=0))
+    x = jnp.ones((1, 8, spec.d_model), jnp.float32)
+    for platform in (None, "gpu"):
+        where = "cpu" if platform is None else platform
+        refused = f"path: 'pallas' compiles .* got path 'pallas' on platform '{where}'"
+        with pytest.raises(ValueError, match=refused):
+            jp.apply(spec, params, x, path="pallas", platform=platform)
+    with pytest.raises(ValueError, match="'pallas' on platform 'cpu'"):
+        jax.jit(lambda xx: jp.apply(spec, params, xx, path="pallas"))(x)  # under jit too
+    assert jp.apply(spec, params, x, path=INTERP).shape == x.shape
+    # float16 is no TPU matmul dtype: the compiled path hands it to XLA or the reference, no kernel
+    assert jp.apply(spec, jax.tree.map(lambda a: a.astype(jnp.float16), params), x.astype(jnp.float16),
+                    path="pallas").dtype == jnp.float16
+    jp.check_pallas_platform("tpu")  # where they lower: no error
+
+
 @pytest.mark.parametrize("case, masked, pallas, xla", [
     ("dense", False, "pallas-flash", "xla-sdpa"),
     ("mixture-flash", True, "pallas-flash", "xla-sdpa"),

@@ -19,7 +19,9 @@ Paths (``PATHS``), chosen per call:
 ``"pallas"``
     The Pallas kernels (:mod:`.jax_pallas_flash`: every softmax variant and mixture;
     :mod:`.jax_pallas_aft`: aft_full, aft_local, aft_conv) compiled for the device; written for the
-    TPU lowering.  The TPU default.  aft_simple takes the XLA scan here too.
+    TPU lowering.  The TPU default.  aft_simple takes the XLA scan here too.  On any other platform
+    a call that would compile a kernel raises ValueError (``jax_plan.PALLAS_PLATFORMS``: JAX's GPU
+    lowering does not take the kernels' TPU compiler parameters).
 ``"pallas_interpret"``
     The same kernels under Pallas's interpreter (``interpret=True``): any platform, slow; how CI
     checks the kernels without a TPU.
@@ -60,6 +62,7 @@ from .jax_plan import (  # noqa: F401 - re-exported: the dispatch's public names
     ENV,
     IMPLEMENTATIONS,
     PATHS,
+    check_pallas_platform,
     check_path,
     default_path,
     plan,
@@ -79,6 +82,8 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
     if impl == "xla-scan":
         return _aft_simple(p, x, causal, mask)
     interpret = select_path(path) == "pallas_interpret"
+    if impl.startswith("pallas-") and not interpret:
+        check_pallas_platform(platform)
     if impl in ("pallas-aft", "pallas-aft-window", "xla-aft"):
         from . import jax_pallas_aft
 

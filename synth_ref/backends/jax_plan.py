@@ -32,6 +32,14 @@ _AFT_KERNEL_VARIANTS = {"aft_full", "aft_local", "aft_conv"}
 # (The interpreter runs every dtype; the jax-pallas-interpret backend claims float64, for the
 # kernels' logic at gold precision, and these two, which a compiled kernel can meet: jax.py.)
 _PALLAS_DTYPES = ("float32", "bfloat16")
+#: Where the compiled kernels (path "pallas") lower.  They are written for the TPU lowering (Mosaic:
+#: TPU compiler parameters, VMEM scratch), which JAX's GPU lowerings (Triton, Mosaic GPU) do not take:
+#: lowered for "cuda" with jax 0.10.2 and its CUDA 13 plugin (no GPU needed to lower), each kernel
+#: stops with "Cannot lower pallas_call on platform: gpu. To use Pallas on GPU, install jaxlib GPU",
+#: which misleads where jaxlib GPU is installed; CPU lowers Pallas only in interpret mode.  So a call
+#: elsewhere is refused by name (:func:`check_pallas_platform`).  gpu/pallas_probe.py widens this to
+#: ask JAX itself on a GPU.
+PALLAS_PLATFORMS = ("tpu",)
 
 
 def check_path(path) -> str:
@@ -46,6 +54,19 @@ def _platform(platform):
     import jax
 
     return jax.default_backend()
+
+
+def check_pallas_platform(platform: str | None = None) -> None:
+    """Refuse the compiled Pallas kernels off the platforms they lower on (``PALLAS_PLATFORMS``);
+    ``platform`` None: JAX's default backend, the one a call compiles for."""
+    where = _platform(platform)
+    if where not in PALLAS_PLATFORMS:
+        raise ValueError(
+            f"path: 'pallas' compiles the Pallas kernels, which are written for the TPU lowering and lower "
+            f"on {', '.join(PALLAS_PLATFORMS)} only (JAX's GPU lowering does not take their TPU compiler "
+            f"parameters; CPU runs Pallas only interpreted); got path 'pallas' on platform {where!r}. Use "
+            f"path='xla' (the default off TPU) or 'pallas_interpret' (the same kernels interpreted, any "
+            f"platform, slow)")
 
 
 def default_path(platform: str) -> str:
