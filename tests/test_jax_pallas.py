@@ -676,6 +676,53 @@ def test_xla_path_gradients_on_saturated_rows():
         assert adapter.last_path == "xla-sdpa", adapter.last_path
 
 
+def _cudnn_traces() -> bool:
+    """Whether jax.nn.dot_product_attention's cuDNN form can be traced here: it asks libcudnn for its
+    version first (a CUDA jaxlib and libcudnn: the GPU machine, or a CPU one with both installed)."""
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as fa
+
+        fa.check_cudnn_version()
+    except Exception:  # noqa: BLE001 - any failure means: not here
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _cudnn_traces(), reason="cuDNN attention traces only with a CUDA jaxlib and libcudnn")
+@pytest.mark.parametrize("case, masked", [("dot_product", False), ("factorized_random", False),
+                                          ("dot_product", True), ("dense", False)])
+def test_cudnn_path_forms_no_needless_lxl_array(monkeypatch, case, masked):
+    """The bfloat16 xla-sdpa program as compiled for a GPU, forward and gradient: cuDNN runs it, and
+    the only (l x l) arrays are the bias cuDNN's API needs.  Logits without a bias get none (a zero
+    (1, h, l, l) bias used to be passed, and its float32 twin formed); a padding mask alone becomes a
+    (B, 1, l, l) bias (it was (B, h, l, l)); dense's b_2 a batch-free (1, h, l, l) one."""
+    import re
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # plan and trace as on a GPU
+    opts = {"k": 8} if case == "factorized_random" else {}
+    spec = sr.Spec(case, d_model=128, n_heads=2, max_len=96, **opts)  # l != head width 64
+    B, l = 2, 96
+    params = {k: jnp.asarray(v, jnp.bfloat16) for k, v in spec.init(seed=0).items()}
+    x = jax.ShapeDtypeStruct((B, l, 128), jnp.bfloat16)
+    m = jax.ShapeDtypeStruct((B, l), jnp.bool_) if masked else None
+    assert jp.plan(spec, masked=masked, dtype=jnp.bfloat16) == "xla-sdpa"
+
+    def loss(p, xx, mm):
+        return jp.apply(spec, p, xx, causal=True, key_padding_mask=mm).astype(jnp.float32).sum()
+
+    traced = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(params, x, m)
+    text = traced.lower(lowering_platforms=("cuda",)).as_text()
+    assert sum("custom_call" in ln and "cudnn" in ln for ln in text.splitlines()) >= 2  # forward, backward
+    lxl = {tuple(int(n) for n in t.split("x")[:-1])
+           for t in re.findall(rf"tensor<((?:\d+x)*{l}x{l}x\w+)>", text)}
+    if case == "dense":
+        assert lxl and all(t[0] == 1 for t in lxl), lxl  # batch-free: b_2 broadcast over rows
+    elif masked:
+        assert lxl and all(t == (B, 1, l, l) for t in lxl), lxl
+    else:
+        assert not lxl, lxl
+
+
 def _batched_lxl(jaxpr, l):
     """Shapes of (B, h, l, l)-like values (4-D, last two axes l or its 8-padding) a program forms
     outside any pallas_call."""

@@ -99,6 +99,8 @@ def apply(spec: sr.Spec, params: dict, x, *, causal: bool = False, key_padding_m
         else:
             from .jax_pallas_flash import flash_attention
 
+            if key_bias is None:  # the kernel's row vector over keys is always there
+                key_bias = jnp.zeros((1, 1, 1, x.shape[1]), accumulator(x.dtype))
             if mask is not None:  # padded keys: -inf in the key bias
                 key_bias = key_bias + jnp.where(mask, 0.0, -jnp.inf).astype(key_bias.dtype)[:, None, None, :]
             o = flash_attention(v, key_bias, q=q, k=k, full_bias=full_bias,
@@ -145,9 +147,10 @@ def _merge(t):
 
 def logit_operands(spec, p, x):
     """(q, k, key_bias, full_bias) with S = q k^T + key_bias + full_bias equal to the spec's
-    (mixed) logits: q (B or 1, h, l, w) and k likewise or both None; key_bias (1, h or 1, 1, l)
-    in the accumulation dtype (float32, or float64 for float64 x); full_bias (h, l, l) or None.  Masks
-    are not included, nor is a factorized_dense component (:func:`factorized_operands`).
+    (mixed) logits: q (B or 1, h, l, w) and k likewise or both None; key_bias (1, h, 1, l) in the
+    accumulation dtype (float32, or float64 for float64 x), or None where no component has one (only
+    dense's b_2 does: cuDNN then gets no (l x l) bias); full_bias (h, l, l) or None.  Masks are not
+    included, nor is a factorized_dense component (:func:`factorized_operands`).
 
     A mixture's weights scale each component's q (or bias), and the q / k pieces are concatenated
     along the feature axis: sum_c alpha_c q_c k_c^T = [alpha_c q_c]_c [k_c]_c^T."""
@@ -157,8 +160,7 @@ def logit_operands(spec, p, x):
     alpha = jax.nn.softmax(p["mix_logits"]) if mixture else None
     qs, ks = [], []
     acc = accumulator(x.dtype)
-    key_bias = jnp.zeros((1, 1, 1, l), acc)
-    full_bias = None
+    key_bias = full_bias = None
     for n, comp in enumerate(spec.components_used):
         pre = f"{comp}." if mixture else ""
         a = alpha[n] if mixture else None
@@ -176,7 +178,8 @@ def logit_operands(spec, p, x):
             hid = _dense_hidden(x, p, pre)
             qs.append(scaled(hid))
             ks.append(jnp.transpose(p[pre + "w_2"][:, :, :l], (0, 2, 1))[None])  # static keys (1, h, l, e)
-            key_bias = key_bias + scaled(p[pre + "b_2"][:, :l]).astype(acc)[None, :, None, :]
+            b2 = scaled(p[pre + "b_2"][:, :l]).astype(acc)[None, :, None, :]
+            key_bias = b2 if key_bias is None else key_bias + b2
         elif comp == "factorized_random":
             qs.append(scaled(p[pre + "r_1"][:, :l, :])[None])
             ks.append(p[pre + "r_2"][:, :l, :][None])
@@ -336,7 +339,9 @@ def _xla_attention(q, k, v, bias, allow, causal):
     """dot_product_attention's XLA form on the (B, l, h, width) layout, with :func:`_softmax` (in
     float32 for half-precision inputs, as dot_product_attention's own form computes it)."""
     acc = accumulator(v.dtype)
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc) + bias.astype(acc)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc)
+    if bias is not None:
+        s = s + bias.astype(acc)
     l = s.shape[-1]
     ok = jnp.ones((1, 1, l, l), bool) if not causal else jnp.tril(jnp.ones((l, l), bool))[None, None]
     if allow is not None:
@@ -349,7 +354,14 @@ def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
     """jax.nn.dot_product_attention on the (B, l, h, width) layout.  q / k / v are zero-padded to one
     width (zero columns add nothing to q k^T), bias carries b_2 and R, ``mask`` the padding.  Rows with
     no allowed key come out of dot_product_attention as a uniform average; the spec wants 0, so they
-    are multiplied by 0 (which also zeroes their gradient)."""
+    are multiplied by 0 (which also zeroes their gradient).
+
+    cuDNN takes one (l x l) bias, in which it also puts a mask: so no bias at all where the logits
+    have none (dot_product, factorized_random and their mixtures without padding: plain flash
+    attention, no (l x l) array), a padding mask alone as a (B, 1, l, l) one (cuDNN's bias must span
+    both lengths), and b_2 or R with a mask as the (B, h, l, l) sum: cuDNN's masks cost memory
+    quadratic in l.  (jax's cuDNN wrapper trains only even lengths, bias or not: odd ones take the
+    XLA form under differentiation.)"""
     B, h, l, e = v.shape
     width = max(e, 0 if q is None else q.shape[-1])
 
@@ -360,9 +372,14 @@ def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
 
     if q is None:
         q = k = jnp.zeros((1, h, l, 0), v.dtype)
-    bias = key_bias if full_bias is None else key_bias + full_bias[None].astype(key_bias.dtype)
-    bias = jnp.broadcast_to(bias, (1, h, l, l)).astype(v.dtype)
+    bias = None if full_bias is None else full_bias[None]
+    if key_bias is not None:
+        bias = key_bias if bias is None else key_bias + bias.astype(key_bias.dtype)
+    if bias is not None:
+        bias = jnp.broadcast_to(bias.astype(v.dtype), (1, h, l, l))  # cast first: no float32 (l x l)
     allow = None if mask is None else mask[:, None, None, :]
+    if allow is not None and bias is None:
+        allow = jnp.broadcast_to(allow, (B, 1, l, l))
     args = (layout(q.astype(v.dtype)), layout(k.astype(v.dtype)), layout(v), bias, allow)
     o = None
     if jax.default_backend() == "gpu" and v.dtype in (jnp.float16, jnp.bfloat16):
