@@ -61,6 +61,7 @@ from .jax_pallas_flash import accumulator
 from .jax_plan import (  # noqa: F401 - re-exported: the dispatch's public names
     ENV,
     IMPLEMENTATIONS,
+    PALLAS_PLATFORMS,
     PATHS,
     check_pallas_platform,
     check_path,
