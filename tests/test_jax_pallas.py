@@ -594,8 +594,8 @@ KERNEL_CASES = ["mixture"]
 XLA_CASES = [c for c in CASES if jp.plan(CASES[c], path="xla", masked=True, platform="gpu") != "reference"]
 
 
-def _layer(spec, path, dtype, causal, masked, batch=3, platform=None):
-    params, x, kpm = inputs(spec, batch=batch, mask=masked)
+def _layer(spec, path, dtype, causal, masked, batch=3, platform=None, length=None):
+    params, x, kpm = inputs(spec, batch=batch, mask=masked, length=length)
     dy = np.random.default_rng(1).standard_normal(x.shape)
     gold_y = sr.apply(spec, params, x, causal=causal, key_padding_mask=kpm)
     gold_dx, gold_dp = torch_gold_vjp(spec, params, x, dy, causal, kpm)
@@ -633,6 +633,35 @@ def test_layer_through_xla_path(case, masked):
     causal nor a padding mask)."""
     spec = CASES[case]
     _layer(spec, "xla", "float32", causal=spec.spatial_dims != 2, masked=masked, platform="gpu")
+
+
+SDPA_CASES = [(c, m) for c in CASES for m in (False, True)
+              if jp.plan(CASES[c], path="xla", masked=m, platform="gpu") == "xla-sdpa"]
+
+
+@pytest.mark.parametrize("length, causal", [(None, True), (11, True), (11, False)])
+@pytest.mark.parametrize("case, masked", SDPA_CASES)
+def test_cudnn_operands_through_xla(monkeypatch, case, masked, length, causal):
+    """What the GPU's half-precision path hands cuDNN (the key terms folded into a column of k, the
+    width rounded up to 8; an odd length one position longer), run here by jax's own XLA
+    implementation of dot_product_attention in its place: the layer's output and gradients against
+    float64 gold, and no (l x l) array offered but R (random's full bias).  bfloat16: XLA:CPU has no float16 product with a float32 result; float16
+    differs only in the masked-logit constant."""
+    import functools
+
+    offered = []
+
+    def xla_in_place_of_cudnn(*args, implementation=None, **kw):
+        assert implementation == "cudnn"
+        offered.append(args[3] is not None or args[4] is not None)
+        return jax.nn.dot_product_attention.__wrapped__(*args, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        functools.wraps(jax.nn.dot_product_attention)(xla_in_place_of_cudnn))
+    spec = CASES[case]
+    _layer(spec, "xla", "bfloat16", causal=causal, masked=masked, platform="gpu", length=length)
+    assert offered and all(o == ("random" in spec.components_used) for o in offered), offered
 
 
 class _GpuPlanned:
@@ -693,12 +722,13 @@ def _cudnn_traces() -> bool:
 
 @pytest.mark.skipif(not _cudnn_traces(), reason="cuDNN attention traces only with a CUDA jaxlib and libcudnn")
 @pytest.mark.parametrize("case, masked", [("dot_product", False), ("factorized_random", False),
-                                          ("dot_product", True), ("dense", False)])
+                                          ("dot_product", True), ("dense", False), ("dense", True),
+                                          ("random", True)])
 def test_cudnn_path_forms_no_needless_lxl_array(monkeypatch, case, masked):
-    """The bfloat16 xla-sdpa program as compiled for a GPU, forward and gradient: cuDNN runs it, and
-    the only (l x l) arrays are the bias cuDNN's API needs.  Logits without a bias get none (a zero
-    (1, h, l, l) bias used to be passed, and its float32 twin formed); a padding mask alone becomes a
-    (B, 1, l, l) bias (it was (B, h, l, l)); dense's b_2 a batch-free (1, h, l, l) one."""
+    """The bfloat16 xla-sdpa program as compiled for a GPU, forward and gradient: cuDNN runs it and
+    no (l x l) array is formed but R (random's full bias, a parameter of that size).  Before: a zero
+    (1, h, l, l) bias for logits with none (and its float32 twin), dense's b_2 as a (1, h, l, l) one,
+    and with padding their (B, h, l, l) sum, each read for every batch element and head."""
     import re
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # plan and trace as on a GPU
@@ -718,10 +748,8 @@ def test_cudnn_path_forms_no_needless_lxl_array(monkeypatch, case, masked):
     assert sum("custom_call" in ln and "cudnn" in ln for ln in text.splitlines()) >= 2  # forward, backward
     lxl = {tuple(int(n) for n in t.split("x")[:-1])
            for t in re.findall(rf"tensor<((?:\d+x)*{l}x{l}x\w+)>", text)}
-    if case == "dense":
-        assert lxl and all(t[0] == 1 for t in lxl), lxl  # batch-free: b_2 broadcast over rows
-    elif masked:
-        assert lxl and all(t == (B, 1, l, l) for t in lxl), lxl
+    if case == "random":
+        assert lxl and all(t[-3] in (1, spec.n_heads) and (len(t) < 4 or t[0] == 1) for t in lxl), lxl
     else:
         assert not lxl, lxl
 

@@ -352,48 +352,100 @@ def _xla_attention(q, k, v, bias, allow, causal):
 
 
 def _sdpa(q, k, v, key_bias, full_bias, mask, causal):
-    """jax.nn.dot_product_attention on the (B, l, h, width) layout.  q / k / v are zero-padded to one
-    width (zero columns add nothing to q k^T), bias carries b_2 and R, ``mask`` the padding.  Rows with
-    no allowed key come out of dot_product_attention as a uniform average; the spec wants 0, so they
-    are multiplied by 0 (which also zeroes their gradient).
-
-    cuDNN takes one (l x l) bias, in which it also puts a mask: so no bias at all where the logits
-    have none (dot_product, factorized_random and their mixtures without padding: plain flash
-    attention, no (l x l) array), a padding mask alone as a (B, 1, l, l) one (cuDNN's bias must span
-    both lengths), and b_2 or R with a mask as the (B, h, l, l) sum: cuDNN's masks cost memory
-    quadratic in l.  (jax's cuDNN wrapper trains only even lengths, bias or not: odd ones take the
-    XLA form under differentiation.)"""
+    """jax.nn.dot_product_attention on the (B, l, h, width) layout: cuDNN's fused kernel for float16
+    / bfloat16 on a GPU (the first operand form of :func:`_cudnn_operands` it accepts), else the XLA
+    form (:func:`_xla_attention`).  Rows with no allowed key come out of a softmax over masked
+    logits as a uniform average; the spec wants 0, so they are multiplied by 0 (which also zeroes
+    their gradient).  jax's cuDNN wrapper trains even lengths only, so an odd length gets one more
+    position for cuDNN (:func:`_one_more_position`)."""
     B, h, l, e = v.shape
-    width = max(e, 0 if q is None else q.shape[-1])
-
-    def layout(t):
-        t = jnp.broadcast_to(t, (B,) + t.shape[1:])
-        t = jnp.pad(t, ((0, 0), (0, 0), (0, 0), (0, width - t.shape[-1])))
-        return jnp.transpose(t, (0, 2, 1, 3))
-
     if q is None:
         q = k = jnp.zeros((1, h, l, 0), v.dtype)
+    o = None
+    if jax.default_backend() == "gpu" and v.dtype in (jnp.float16, jnp.bfloat16):
+        operands = (q, k, v, key_bias, full_bias, mask)
+        for args in _cudnn_operands(*(_one_more_position(*operands) if l % 2 else operands)):
+            try:
+                o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation="cudnn")
+                o = o[:, :l]  # (B, l, h, width): the added query row goes
+                break
+            except Exception:  # noqa: BLE001 - cuDNN refuses some shapes at trace time: the next form
+                o = None
+    if o is None:
+        o = _xla_attention(*_biased_operands(q, k, v, key_bias, full_bias, mask), causal)
+    o = jnp.transpose(o[..., :e], (0, 2, 1, 3))
+    if mask is not None:
+        o = o * rows_with_keys(mask, causal)[:, None, :, None].astype(o.dtype)
+    return o
+
+
+def _one_more_position(q, k, v, key_bias, full_bias, mask):
+    """The operands of :func:`_sdpa` with one more position at the end: a key no row sees (the
+    padding mask gains a False there, so its logit gets the masked offset) and a query row whose
+    output is dropped.  The first l rows' attention is unchanged; their gradients too."""
+    B, l = v.shape[0], v.shape[2]
+
+    def pad(t, axes):
+        return jnp.pad(t, [(0, int(a in axes)) for a in range(t.ndim)])
+
+    allowed = jnp.ones((B, l), bool) if mask is None else mask
+    return (pad(q, (2,)), pad(k, (2,)), pad(v, (2,)), None if key_bias is None else pad(key_bias, (3,)),
+            None if full_bias is None else pad(full_bias, (1, 2)), pad(allowed, (1,)))
+
+
+#: A finite logit offset that removes a key from cuDNN's softmax (its exp underflows to 0 in the
+#: float32 accumulation), the values jax's own mask-to-bias conversion uses for these dtypes.
+_MASKED_LOGIT = {"bfloat16": -(2.0 ** 41), "float16": -(2.0 ** 15)}
+
+
+def _layout(t, B, width):
+    """(B or 1, h, l, w) -> (B, l, h, width), zero-padded: zero columns add nothing to q k^T."""
+    t = jnp.broadcast_to(t, (B,) + t.shape[1:])
+    t = jnp.pad(t, ((0, 0), (0, 0), (0, 0), (0, width - t.shape[-1])))
+    return jnp.transpose(t, (0, 2, 1, 3))
+
+
+def _biased_operands(q, k, v, key_bias, full_bias, mask):
+    """(q, k, v, bias, mask) for dot_product_attention with the key bias (dense's b_2), R and the
+    padding as (l x l) arrays: bias (1, h, l, l) or None, mask (B, 1, 1, l) or None.  What the XLA
+    form takes, and cuDNN's fallback form (cuDNN adds the mask into the bias: (B, h, l, l))."""
+    B, h, l, e = v.shape
+    width = max(e, q.shape[-1])
     bias = None if full_bias is None else full_bias[None]
     if key_bias is not None:
         bias = key_bias if bias is None else key_bias + bias.astype(key_bias.dtype)
     if bias is not None:
         bias = jnp.broadcast_to(bias.astype(v.dtype), (1, h, l, l))  # cast first: no float32 (l x l)
     allow = None if mask is None else mask[:, None, None, :]
-    if allow is not None and bias is None:
-        allow = jnp.broadcast_to(allow, (B, 1, l, l))
-    args = (layout(q.astype(v.dtype)), layout(k.astype(v.dtype)), layout(v), bias, allow)
-    o = None
-    if jax.default_backend() == "gpu" and v.dtype in (jnp.float16, jnp.bfloat16):
-        try:
-            o = jax.nn.dot_product_attention(*args, scale=1.0, is_causal=causal, implementation="cudnn")
-        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes at trace time: use the XLA form
-            o = None
-    if o is None:
-        o = _xla_attention(*args, causal)
-    o = jnp.transpose(o[..., :e], (0, 2, 1, 3))
+    return (_layout(q.astype(v.dtype), B, width), _layout(k.astype(v.dtype), B, width),
+            _layout(v, B, width), bias, allow)
+
+
+def _cudnn_operands(q, k, v, key_bias, full_bias, mask):
+    """The operand forms to offer cuDNN, best first.  cuDNN takes biases and masks only as one
+    (l x l) array per call, read for every batch element and head.  So first the key terms (dense's
+    b_2, and the padding as a large negative logit) go in as one more column of k against a column
+    of ones in q: q' k'^T = q k^T + key terms, with no (l x l) array but R's (the width rounded up to
+    cuDNN's multiple of 8, v padded alike); then, should cuDNN refuse that width (over its head-dim
+    limit), :func:`_biased_operands`."""
+    B, h, l, e = v.shape
+    key = key_bias
     if mask is not None:
-        o = o * rows_with_keys(mask, causal)[:, None, :, None].astype(o.dtype)
-    return o
+        masked = jnp.where(mask, 0.0, _MASKED_LOGIT[jnp.dtype(v.dtype).name])[:, None, None, :]
+        key = masked if key is None else key + masked
+    q2, k2 = q.astype(v.dtype), k.astype(v.dtype)
+    if key is not None:  # (B or 1, h or 1, 1, l) -> one more column: k' (B or 1, h, l, w + 1)
+        lead = max(k2.shape[0], key.shape[0])
+        column = jnp.broadcast_to(jnp.swapaxes(key, -1, -2).astype(v.dtype), (lead, h, l, 1))
+        k2 = jnp.concatenate([jnp.broadcast_to(k2, (lead,) + k2.shape[1:]), column], axis=-1)
+        q2 = jnp.concatenate([q2, jnp.ones(q2.shape[:-1] + (1,), v.dtype)], axis=-1)
+    width = -(-max(e, q2.shape[-1]) // 8) * 8
+    bias = None if full_bias is None else jnp.broadcast_to(full_bias[None].astype(v.dtype), (1, h, l, l))
+    folded = (_layout(q2, B, width), _layout(k2, B, width), _layout(v, B, width), bias, None)
+    biased = list(_biased_operands(q, k, v, key_bias, full_bias, mask))
+    if biased[3] is None and biased[4] is not None:  # cuDNN's bias, hence a lone mask, spans both lengths
+        biased[4] = jnp.broadcast_to(biased[4], (B, 1, l, l))
+    return [folded, tuple(biased)]
 
 
 def rows_with_keys(key_padding_mask, causal):
