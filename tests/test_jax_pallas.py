@@ -645,8 +645,9 @@ def test_cudnn_operands_through_xla(monkeypatch, case, masked, length, causal):
     """What the GPU's half-precision path hands cuDNN (the key terms folded into a column of k, the
     width rounded up to 8; an odd length one position longer), run here by jax's own XLA
     implementation of dot_product_attention in its place: the layer's output and gradients against
-    float64 gold, and no (l x l) array offered but R (random's full bias).  bfloat16: XLA:CPU has no float16 product with a float32 result; float16
-    differs only in the masked-logit constant."""
+    float64 gold, and no (l x l) array offered but R (random's full bias).  bfloat16 only: XLA:CPU
+    has no float16 product with a float32 result, and float16 differs only in the masked-logit
+    constant."""
     import functools
 
     offered = []

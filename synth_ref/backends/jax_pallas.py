@@ -422,12 +422,12 @@ def _biased_operands(q, k, v, key_bias, full_bias, mask):
 
 
 def _cudnn_operands(q, k, v, key_bias, full_bias, mask):
-    """The operand forms to offer cuDNN, best first.  cuDNN takes biases and masks only as one
-    (l x l) array per call, read for every batch element and head.  So first the key terms (dense's
-    b_2, and the padding as a large negative logit) go in as one more column of k against a column
-    of ones in q: q' k'^T = q k^T + key terms, with no (l x l) array but R's (the width rounded up to
-    cuDNN's multiple of 8, v padded alike); then, should cuDNN refuse that width (over its head-dim
-    limit), :func:`_biased_operands`."""
+    """The operand forms to offer cuDNN, best first, each built when asked for.  cuDNN takes biases
+    and masks only as one (l x l) array per call, read for every batch element and head.  So first
+    the key terms (dense's b_2, and the padding as a large negative logit) go in as one more column
+    of k against a column of ones in q: q' k'^T = q k^T + key terms, with no (l x l) array but R's
+    (the width rounded up to cuDNN's multiple of 8, v padded alike); then, should cuDNN refuse that
+    width (over its head-dim limit), :func:`_biased_operands`."""
     B, h, l, e = v.shape
     key = key_bias
     if mask is not None:
@@ -441,11 +441,12 @@ def _cudnn_operands(q, k, v, key_bias, full_bias, mask):
         q2 = jnp.concatenate([q2, jnp.ones(q2.shape[:-1] + (1,), v.dtype)], axis=-1)
     width = -(-max(e, q2.shape[-1]) // 8) * 8
     bias = None if full_bias is None else jnp.broadcast_to(full_bias[None].astype(v.dtype), (1, h, l, l))
-    folded = (_layout(q2, B, width), _layout(k2, B, width), _layout(v, B, width), bias, None)
+    yield _layout(q2, B, width), _layout(k2, B, width), _layout(v, B, width), bias, None
+    # built only if cuDNN refused the first form
     biased = list(_biased_operands(q, k, v, key_bias, full_bias, mask))
     if biased[3] is None and biased[4] is not None:  # cuDNN's bias, hence a lone mask, spans both lengths
         biased[4] = jnp.broadcast_to(biased[4], (B, 1, l, l))
-    return [folded, tuple(biased)]
+    yield tuple(biased)
 
 
 def rows_with_keys(key_padding_mask, causal):
