@@ -189,6 +189,38 @@ def test_aft_simple_without_causal_mask_takes_the_reference():
 
 
 @in_this_process
+def test_heads_wider_than_a_block_take_the_reference(monkeypatch):
+    """The flash kernel holds a head's whole q / k width and value width in one block each (at most
+    _plan.BLOCK_CAP = 128): a wider head lost its columns past the block (in the interpreter, errors
+    of 5.6 at width 160 and 1e25 at 256).  Such specs take the reference and say why, kernels='always'
+    refuses them, flash_mix itself refuses the widths, and a mixture counts its concatenated q / k
+    width; the widest covered head still takes the kernel."""
+    from synth_ref.backends.torch_triton import _common, _flash, _plan
+
+    monkeypatch.setattr(_common, "BLOCK_CAP", _plan.BLOCK_CAP)  # the real cap, not this module's 16
+    wide = sr.Spec("dot_product", d_model=2 * 136, n_heads=2, max_len=8)
+    mix = sr.Spec("mixture", d_model=2 * 72, n_heads=2, max_len=8, components=("dense", "dot_product"))
+    assert _plan.flash_widths(wide) == (136, 136) and _plan.flash_widths(mix) == (144, 72)
+    for spec in (wide, mix):
+        params = _params(spec, torch.float64)
+        x, mask = _inputs(spec, torch.float64, masked=True, length=8)
+        y, path = torch_triton.layer_forward(spec, params, x, causal=True, key_padding_mask=mask)
+        assert path.startswith("eager: the flash kernel holds a head's whole width in one block"), path
+        assert torch.equal(y, _reference(spec, params, x, True, mask))
+        with pytest.raises(RuntimeError, match="kernels='always': no fused kernel runs here: the flash"):
+            torch_triton.layer_forward(spec, params, x, causal=True, key_padding_mask=mask, kernels="always")
+    with pytest.raises(ValueError, match="the flash kernel takes widths up to 128; got q / k width 136"):
+        _flash.flash_mix(*(torch.zeros(1, 1, 8, 136, dtype=torch.float64),) * 2,
+                         torch.zeros(1, 1, 8, 8, dtype=torch.float64))
+    widest = sr.Spec("dot_product", d_model=2 * 128, n_heads=2, max_len=8)
+    params = _params(widest, torch.float64)
+    x, mask = _inputs(widest, torch.float64, masked=True, length=8)
+    y, path = torch_triton.layer_forward(widest, params, x, causal=True, key_padding_mask=mask)
+    assert path == "triton:flash"
+    assert torch.allclose(y, _reference(widest, params, x, True, mask), rtol=1e-10, atol=1e-10)
+
+
+@in_this_process
 @pytest.mark.parametrize("name, causal, masked", CASES,
                          ids=[f"{n}-{'causal' if c else 'full'}-{'mask' if m else 'nomask'}"
                               for n, c, m in CASES])

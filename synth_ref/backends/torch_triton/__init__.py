@@ -34,7 +34,8 @@ INTERPRETER_DTYPES = ("float64", "float32", "float16")
 
 def kernel_name(spec, causal: bool) -> str | None:
     """The fused kernel that covers ``spec`` with or without a causal mask, or None (aft_simple
-    without one: the reference's O(l d) form).  Key padding and dtype support is the same for all."""
+    without one: the reference's O(l d) form; softmax variants whose head, or mixed q / k width, is
+    over 128: the flash kernel's widest block).  Key padding and dtype support is the same for all."""
     from . import _plan
 
     return _plan.kernel_name(spec, bool(causal))
@@ -73,7 +74,7 @@ def choose(spec, x, kernels: str = "auto", *, causal: bool = False) -> tuple[str
     if name is None:
         from . import _plan
 
-        return None, (_plan.reference_form(spec, causal)
+        return None, (_plan.reference_form(spec, causal) or _plan.flash_too_wide(spec)
                       or f"no fused kernel covers {spec.variant!r} with options {spec.options()}")
     dtype = str(x.dtype).removeprefix("torch.")
     if x.device.type == "cuda":

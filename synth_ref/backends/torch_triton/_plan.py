@@ -29,13 +29,38 @@ def reference_form(spec, causal: bool) -> str | None:
     return None
 
 
+#: The widest block side of any kernel (``_common.block``).  The flash kernel holds a head's whole
+#: q / k width and value width in one block each, so it covers widths up to this; wider heads would
+#: lose their columns past it (a head width of 160 gave errors of 5.6 in the interpreter, 256 ones
+#: of 1e25), so they take the reference (:func:`flash_too_wide`).
+BLOCK_CAP = 128
+
+
+def flash_widths(spec) -> tuple[int, int]:
+    """(D, E): the width of the flash kernel's q and k -- the product components' widths side by
+    side, as :func:`_flash_operands` concatenates them (dot_product and dense: the head width,
+    factorized_random: k) -- and of v, the head width."""
+    e = spec.head_dim
+    width = {"dot_product": e, "dense": e, "factorized_random": spec.k or 0}
+    return sum(width.get(c, 0) for c in spec.components_used), e
+
+
+def flash_too_wide(spec) -> str | None:
+    """Why the flash kernel cannot take ``spec``'s widths, or None."""
+    D, E = flash_widths(spec)
+    if max(D, E) > BLOCK_CAP:
+        return (f"the flash kernel holds a head's whole width in one block, at most {BLOCK_CAP}; "
+                f"got q / k width {D}, head width {E}")
+    return None
+
+
 def kernel_name(spec, causal: bool) -> str | None:
     if reference_form(spec, causal):
         return None
     if spec.family == "softmax":
         if spec.variant == "random":
             return "random"
-        if all(c in FLASH_COMPONENTS for c in spec.components_used):
+        if all(c in FLASH_COMPONENTS for c in spec.components_used) and not flash_too_wide(spec):
             return "flash"
         return None
     if spec.variant == "aft_conv" and spec.spatial_dims == 2:
