@@ -431,6 +431,14 @@ _SATURATED_FINDS = [
     ("factorized_dense", 2, True, "none", 5032),
     ("mixture", 2, True, "random", 5017),
 ]
+#: Heads wider than a kernel's block: every other case's head (and mixed q / k width) is at most 16,
+#: and the torch flash kernel, which holds a head's whole width in one block of at most 128, dropped
+#: the columns past it unseen (max error 5.6 at width 160).  (variant, options with d_model and
+#: n_heads, seed): full length, causal, random padding, normal values, in every profile.
+_WIDE = [
+    ("dot_product", {"d_model": 136, "n_heads": 1}, 6000),  # head width 136
+    ("mixture", {"d_model": 144, "n_heads": 2, "components": ("dense", "dot_product")}, 6001),  # q / k 144
+]
 # Cases of the deep profile (same ids, seeds, hence inputs) on which a kernel was found wrong, now
 # also at the end of the ci and kernels grids, forward and gradient in the dtype each was found in,
 # so every backend meets them in CI.
@@ -553,6 +561,8 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
     cases += [Case(_spec(variant, CONFIGS[variant][0]), batch, (MAX_LEN,), causal, mask, "saturated",
                    seed=seed, dtypes=HI, grad_dtypes=HI)
               for variant, batch, causal, mask, seed in _SATURATED_FINDS]
+    cases += [Case(sr.Spec(variant, max_len=MAX_LEN, **opts), 2, (MAX_LEN,), True, "random", "normal",
+                   seed=seed, dtypes=HI, grad_dtypes=HI) for variant, opts, seed in _WIDE]
     if not deep:  # the deep grid holds these cases already
         cases += [Case(_spec(variant, CONFIGS[variant][i]), batch, (l,), causal, mask, values, seed=seed,
                        dtypes=(dtype,), grad_dtypes=(dtype,))
