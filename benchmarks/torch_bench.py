@@ -287,7 +287,7 @@ def ours(x, B, h, l, e):
         ),
         (
             # what the layer runs without a causal mask: the reference's O(l d) form, once per batch
-            # element (torch_triton._plan.kernel_name), broadcast over the rows as the layer does
+            # element (torch_triton._plan.kernel_choice), broadcast over the rows as the layer does
             "ours: aft (simple)",
             "aft_simple",
             fwd_bwd(lambda K, V: sr._aft._mix(torch_xp, K, V, None, None).expand_as(V), K, V),

@@ -38,7 +38,7 @@ def kernel_name(spec, causal: bool) -> str | None:
     over 128: the flash kernel's widest block).  Key padding and dtype support is the same for all."""
     from . import _plan
 
-    return _plan.kernel_name(spec, bool(causal))
+    return _plan.kernel_choice(spec, bool(causal))[0]
 
 
 def _triton_state():
@@ -70,12 +70,11 @@ def choose(spec, x, kernels: str = "auto", *, causal: bool = False) -> tuple[str
         raise ValueError(f"kernels: expected one of {KERNEL_MODES}; got {kernels!r}")
     if kernels == "never":
         return None, "kernels='never'"
-    name = kernel_name(spec, causal)
-    if name is None:
-        from . import _plan
+    from . import _plan
 
-        return None, (_plan.reference_form(spec, causal) or _plan.flash_too_wide(spec)
-                      or f"no fused kernel covers {spec.variant!r} with options {spec.options()}")
+    name, why = _plan.kernel_choice(spec, bool(causal))
+    if name is None:
+        return None, why
     dtype = str(x.dtype).removeprefix("torch.")
     if x.device.type == "cuda":
         if dtype not in GPU_DTYPES:

@@ -8,6 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
+#: An upper bound on every block side (its value lives in _plan, which routes heads wider than it
+#: away from the flash kernel); tests lower it to 16 so that small shapes still span several blocks
+#: (the online-softmax merges, the causal skips) under the interpreter.
+from ._plan import BLOCK_CAP
+
 #: Accumulator dtype per input dtype: float64 inputs (interpreter tests) keep float64 end to end;
 #: half types accumulate in float32 as flash attention does.
 ACC = {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.float32,
@@ -19,12 +24,6 @@ NUM_WARPS = 8
 
 #: The smallest block side: tl.dot needs at least 16 on NVIDIA GPUs.
 MIN_BLOCK = 16
-
-
-#: An upper bound on every block side (its value lives in _plan, which routes heads wider than it
-#: away from the flash kernel); tests lower it to 16 so that small shapes still span several blocks
-#: (the online-softmax merges, the causal skips) under the interpreter.
-from ._plan import BLOCK_CAP  # noqa: E402
 
 
 def block(n: int, cap: int) -> int:

@@ -483,13 +483,14 @@ def _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk):
 
 
 def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
-    if max(D, E) > block(max(D, E), 256):  # a tile holds the whole width: wider would drop columns
-        raise ValueError(f"q, k, v: the flash kernel takes widths up to {block(max(D, E), 256)}; got q / k "
+    BD, BE = block(D, 256), block(E, 256)
+    if D > BD or E > BE:  # a tile holds the whole width: wider would drop columns
+        raise ValueError(f"q, k, v: the flash kernel takes widths up to {max(BD, BE)}; got q / k "
                          f"width {D}, v width {E} (the layer routes wider heads to the reference)")
     return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_KB=kb is not None, HAS_FB=fb is not None,
                 HAS_QK=D > 0, HAS_FD=fd is not None, FD_TILE=fd is not None and fd[2],
                 ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=seq_block(l, 64), BK=seq_block(l, 32),
-                BD=block(D, 256), BE=block(E, 256), num_warps=NUM_WARPS)
+                BD=BD, BE=BE, num_warps=NUM_WARPS)
 
 
 def flash_mix(q, k, v, kb=None, fb=None, ga=None, gb=None, *, scale=1.0, causal=False, mask=None,

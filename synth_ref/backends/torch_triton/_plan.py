@@ -54,18 +54,20 @@ def flash_too_wide(spec) -> str | None:
     return None
 
 
-def kernel_name(spec, causal: bool) -> str | None:
-    if reference_form(spec, causal):
-        return None
+def kernel_choice(spec, causal: bool) -> tuple[str | None, str]:
+    """(the kernel that covers ``spec``, "") or (None, why none does)."""
+    why = reference_form(spec, causal)
+    if why:
+        return None, why
     if spec.family == "softmax":
         if spec.variant == "random":
-            return "random"
-        if all(c in FLASH_COMPONENTS for c in spec.components_used) and not flash_too_wide(spec):
-            return "flash"
-        return None
-    if spec.variant == "aft_conv" and spec.spatial_dims == 2:
-        return None  # grids: the reference
-    return "aft"
+            return "random", ""
+        if all(c in FLASH_COMPONENTS for c in spec.components_used):
+            why = flash_too_wide(spec)
+            return (None, why) if why else ("flash", "")
+    elif not (spec.variant == "aft_conv" and spec.spatial_dims == 2):  # grids: the reference
+        return "aft", ""
+    return None, f"no fused kernel covers {spec.variant!r} with options {spec.options()}"
 
 
 def _split_heads(t, h):
