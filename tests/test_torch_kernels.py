@@ -609,3 +609,173 @@ def test_aft_gradient_precision_matches_the_reference():
     assert adapter.last_path == "triton:aft"
     ref = reference_errors(AFT_LSE_CASE, names)
     assert all(got[n] <= 3 * ref[n] for n in names), (got, ref)
+
+
+#: Triton's int32 offsets wrap at this many elements (synth_ref/backends/torch_triton/_common.py,
+#: "Offsets").
+I32 = 2**31
+
+
+def _spread(t, axis, where):
+    """t's values in a view on a sparse file mapping, with the stride of ``axis`` such that its last
+    index lies past 2**31 elements while the stride itself stays below 2**31 (t.shape[axis] >= 3),
+    so that Triton types it int32 and an int32 product index * stride would wrap.  Only the view's
+    own pages are ever touched: memory and disk stay small however far the offsets reach."""
+    n = t.shape[axis]
+    assert n >= 3, f"spread axis {axis} of {tuple(t.shape)}: need 3 or more"
+    strides, run = [0] * t.dim(), 1
+    for i in reversed(range(t.dim())):
+        if i == axis:
+            run = max(run, -(-I32 // (n - 1)))
+            assert run < I32 <= (n - 1) * run
+        strides[i] = run
+        run *= t.shape[i]
+    path = where / f"spread-{len(list(where.iterdir()))}"
+    base = torch.from_file(str(path), shared=True, size=run, dtype=t.dtype)
+    path.unlink()  # the mapping stays valid; nothing is left on disk
+    view = base.as_strided(t.shape, strides)
+    view.copy_(t)
+    return view
+
+
+class _SpreadAlloc:
+    """Stands in for ``torch`` in a kernel module: the gradient buffer of shape ``shape`` comes
+    spread along ``axis`` (the kernels write it through their strides), everything else is torch."""
+
+    def __init__(self, shape, axis, where):
+        self.shape, self.axis, self.where, self.made = tuple(shape), axis, where, 0
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def _alloc(self, fill, size, kwargs):
+        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
+        t = fill(size, **kwargs)
+        if size == self.shape:
+            self.made += 1
+            t = _spread(t, self.axis, self.where)
+        return t
+
+    def empty(self, *size, **kwargs):
+        return self._alloc(torch.empty, size, kwargs)
+
+    def zeros(self, *size, **kwargs):
+        return self._alloc(torch.zeros, size, kwargs)
+
+
+def _offset_case(family, variant):
+    """(run(**inputs) -> output, inputs, {input: axis to spread}, (kernel module, gradient shape,
+    axis)) for one kernel family: "rows" spreads the (l, l) arrays' rows (and the batch), "heads"
+    their head or group axis (and the activations' heads / batch under a mask)."""
+    from synth_ref.backends.torch_triton import _aft, _aft_window, _flash, _random
+
+    g = torch.Generator().manual_seed(5)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float32) * scale
+
+    rows = variant == "rows"
+    l = 16  # two row and key blocks of 8
+    if family == "random":
+        h, B, e = (2, 3, 4) if rows else (3, 2, 4)
+        mask = None if rows else torch.rand(B, l, generator=g) > 0.3
+        x = {"r": rnd(h, l, l, scale=2.0), "v": rnd(B, h, l, e)}
+        spread = {"r": 1, "v": 0} if rows else {"r": 0, "v": 1}
+        return (lambda r, v: _random.RandomMix.apply(r, v, not rows, mask), x, spread,
+                (_random, (h, l, l), 1 if rows else 0))
+    if family == "flash":
+        H, B, D, E, fa, fb_ = (2, 3, 4, 4, 4, 6) if rows else (3, 2, 4, 4, 4, 6)
+        mask = torch.rand(B, l, generator=g) > 0.3
+        x = {"q": rnd(B, H, l, D), "k": rnd(B, H, l, D), "v": rnd(B, H, l, E), "kb": rnd(H, l),
+             "fb": rnd(H, l, l, scale=2.0), "ga": rnd(B, H, l, fa), "gb": rnd(B, H, l, fb_)}
+        ax = 0 if rows else 1
+        spread = {n: ax for n in ("q", "k", "v", "ga", "gb")} | {"fb": 1 if rows else 0}
+        return (lambda **t: _flash.flash_mix(**t, scale=0.5, causal=rows, mask=mask, factors=(fa, fb_)),
+                x, spread, (_flash, (H, l, l), 1 if rows else 0))
+    B, d = 3, 6
+    mask = None if rows else torch.rand(B, l, generator=g) > 0.3
+    if family == "aft":
+        G = 1 if rows else 3
+        x = {"k": rnd(B, l, d), "v": rnd(B, l, d), "w": rnd(G, l, l, scale=2.0)}
+        spread = {"k": 0, "v": 0, "w": 1 if rows else 0}
+        return (lambda k, v, w: _aft.AftMix.apply(k, v, w, not rows, mask), x, spread,
+                (_aft, (G, l, l), 1 if rows else 0))
+    # the windowed kernels: three blocks of 8, a band of NW = 7 offsets from lo = -3 (non-causal: the
+    # first row block has a far key block after its band) or -6 (causal: the last, one before it)
+    l, G, nw = 24, 3, 7
+    lo = -3 if rows else -6
+    mask = None if rows else torch.rand(B, l, generator=g) > 0.3
+    x = {"k": rnd(B, l, d), "v": rnd(B, l, d), "wb": rnd(G, l, nw, scale=2.0)}
+    return (lambda k, v, wb: _aft_window.AftWindowMix.apply(k, v, wb, lo, not rows, mask), x,
+            {"k": 0, "v": 0, "wb": 0}, None)
+
+
+@in_this_process
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU interpreter only: on a GPU every spread input is a real "
+                    "allocation of 2**31 elements (8.6 GB in float32)")
+@pytest.mark.parametrize("variant", ["rows", "heads"])
+@pytest.mark.parametrize("family", ["random", "flash", "aft", "aft-window"])
+def test_offsets_past_2_31_elements(family, variant, tmp_path, monkeypatch):
+    """Every kernel family gives the same output and gradients, to the bit, when its inputs (and the
+    (l, l) gradient it writes) are views whose element offsets pass 2**31: the batch, head or group
+    index and the rows of (l, l) arrays times their strides wrap in int32 (see _common, "Offsets").
+    Before the kernels took those in int64, the first such case crashed the interpreter (segfault:
+    R read 8 GB before its buffer); on a GPU, an illegal address or another tensor's numbers."""
+    from synth_ref.backends.torch_triton import _common
+
+    run, x, spread, grad_buf = _offset_case(family, variant)
+    dy = None
+
+    def forward_backward(inputs):
+        nonlocal dy
+        leaves = {n: t.requires_grad_(True) for n, t in inputs.items()}
+        with _common.sequence_block(8):
+            y = run(**leaves)
+            dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(6)) if dy is None else dy
+            grads = torch.autograd.grad(y, list(leaves.values()), dy)
+        return y.detach(), dict(zip(leaves, grads, strict=True))
+
+    want_y, want_grads = forward_backward({n: t.clone() for n, t in x.items()})
+    if grad_buf is not None:
+        module, shape, axis = grad_buf
+        alloc = _SpreadAlloc(shape, axis, tmp_path)
+        monkeypatch.setattr(module, "torch", alloc)
+    big = {n: _spread(t, spread[n], tmp_path) if n in spread else t.clone() for n, t in x.items()}
+    got_y, got_grads = forward_backward(big)
+    if grad_buf is not None:
+        assert alloc.made == 1, f"the (l, l) gradient buffer {shape} was allocated {alloc.made} times"
+    assert torch.isfinite(want_y).all()
+    assert torch.equal(got_y, want_y), f"output differs by {(got_y - want_y).abs().max().item()}"
+    for n, want in want_grads.items():
+        got = got_grads[n]
+        assert torch.isfinite(want).all(), n
+        assert torch.equal(got, want), f"d{n} differs by {(got - want).abs().max().item()}"
+
+
+@pytest.mark.parametrize("family", ["flash", "random", "aft", "aft-window"])
+def test_grid_past_cuda_limit_is_refused(family):
+    """A launch needing more than 65535 programs on grid axis 1 or 2 (here a batch of 65536) is
+    refused before it runs, naming the kernel, what the axis counts and the input's shape; CUDA
+    would fail with a bare "invalid argument", the interpreter would run it.  No kernel runs, so
+    this needs no interpreter."""
+    from synth_ref.backends.torch_triton import _aft, _aft_window, _flash, _random
+
+    B = 65536
+    if family == "flash":
+        v = torch.zeros(B, 1, 1, 2, device=DEVICE)
+        call, what = (lambda: _flash.flash_mix(None, None, v)), r"\(batch element, head\): 65536"
+    elif family == "random":
+        v, r = torch.zeros(B, 1, 1, 2, device=DEVICE), torch.zeros(1, 1, 1, device=DEVICE)
+        mask = torch.ones(B, 1, dtype=torch.bool, device=DEVICE)
+        call, what = (lambda: _random.RandomMix.apply(r, v, False, mask)), r"\(head, batch element\): 65536"
+    else:
+        k = torch.zeros(B, 1, 32, device=DEVICE)  # B * d / 32 columns per program: 65536 programs
+        what = r"block of 32 columns \(batch x channels\): 65536"
+        if family == "aft":
+            call = lambda: _aft.AftMix.apply(k, k, None, False, None)  # noqa: E731
+        else:
+            call = lambda: _aft_window.AftWindowMix.apply(k, k, torch.zeros(1, 1, 1, device=DEVICE), 0,  # noqa: E731
+                                                          False, None)
+    with pytest.raises(ValueError, match=rf"the {family} kernel launches one program per {what} for an "
+                       rf"input of shape \({B}, 1, .*over CUDA's 65535 per grid axis; use kernels='never'"):
+        call()

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from ._common import acc_dtype, first_order_only, mask_args, pairs_in_range
+from ._common import acc_dtype, check_grid, first_order_only, mask_args, pairs_in_range
 
 NEG = tl.constexpr(float("-inf"))  # a constexpr: jit code may read it
 #: A tile's GEMM denominator below this proves nothing about its bound (see the docstring): e^-40
@@ -57,7 +57,8 @@ def _cols(pid_n, bidx, g, eg, N, BN: tl.constexpr):
     mask each program holds one batch element bidx (N = d/G columns), so that the mask is one key
     vector for the whole tile and the row maxima of w' can skip padded keys; else N = B * d/G."""
     cols = pid_n * BN + tl.arange(0, BN)
-    return bidx + cols // eg, g * eg + cols % eg, cols < N
+    # int64 batch index (and g, from the program id): (B, l, d) passes 2**31 elements (see _common)
+    return (cols // eg).to(tl.int64) + bidx, g * eg + cols % eg, cols < N
 
 
 @triton.jit
@@ -102,7 +103,9 @@ def _w_tile(w_ptr, s_wg, s_wt, s_wk, g, rows, keys, l, CAUSAL: tl.constexpr, HAS
     """(w'[rows, keys], allowed) for one tile: allowed = inside l and, causal, key <= row."""
     ok = pairs_in_range(rows, keys, l, CAUSAL)
     if HAS_W:
-        w = tl.load(w_ptr + g * s_wg + rows[:, None] * s_wt + keys[None, :] * s_wk, mask=ok, other=0.0)
+        # int64 rows: one (l, l) slab passes 2**31 elements at l = 46341 (see _common)
+        w = tl.load(w_ptr + g * s_wg + rows.to(tl.int64)[:, None] * s_wt + keys[None, :] * s_wk, mask=ok,
+                    other=0.0)
         w = w.to(ACC)
     else:
         w = tl.zeros(ok.shape, ACC)
@@ -231,8 +234,8 @@ def _fwd(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_
          o_ptr, mx_ptr, inv_ptr, bad_ptr, l, d, eg, N, NB,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
          BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
-    pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, bidx = pid_gb // NB, pid_gb % NB
+    pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    g, bidx = pid_gb // NB, pid_gb % NB  # int64: see _common
     BK: tl.constexpr = BT  # square tiles: the causal diagonal is exactly one tile
     rows = pid_t * BT + tl.arange(0, BT)
     b, c, col_ok = _cols(pid_n, bidx, g, eg, N, BN)
@@ -272,8 +275,8 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
              do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, dk_ptr, dv_ptr, l, d, eg, N, NB,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
              BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
-    pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, bidx = pid_gb // NB, pid_gb % NB
+    pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    g, bidx = pid_gb // NB, pid_gb % NB  # int64: see _common
     BK: tl.constexpr = BT
     keys = pid_k * BK + tl.arange(0, BK)
     b, c, col_ok = _cols(pid_n, bidx, g, eg, N, BN)
@@ -303,12 +306,12 @@ def _bwd_dkv(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt
 
 @triton.jit
 def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt, s_wk, m_ptr, s_mb, s_mk,
-            do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, dw_ptr, l, d, eg, N, NB,
+            do_ptr, mx_ptr, inv_ptr, delta_ptr, bad_ptr, dw_ptr, s_gg, s_gt, s_gk, l, d, eg, N, NB,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
             BT: tl.constexpr, BN: tl.constexpr, DIAG: tl.constexpr, FLOOR: tl.constexpr):
     """DIAG=False: every (row, key) tile, off-diagonal math (causal: tiles on or above the diagonal
     are skipped, the diagonal by the DIAG=True launch, which computes it exactly)."""
-    pid_t, pid_k, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_k, g = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # see _common
     BK: tl.constexpr = BT
     if DIAG:
         pid_k = pid_t
@@ -328,7 +331,7 @@ def _bwd_dw(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, w_ptr, s_wg, s_wt,
     ok = (rows[:, None] < l) & (keys[None, :] < l)
     if CAUSAL and not DIAG:
         ok = ok & (keys[None, :] < pid_t * BT)  # below the diagonal only: the DIAG launch does it
-    tl.store(dw_ptr + g * l * l + rows[:, None] * l + keys[None, :], acc, mask=ok)
+    tl.store(dw_ptr + g * s_gg + rows.to(tl.int64)[:, None] * s_gt + keys[None, :] * s_gk, acc, mask=ok)
 
 
 @triton.jit
@@ -389,6 +392,8 @@ class AftMix(torch.autograd.Function):
         eg = d // G
         # Under a mask, one batch element per program (see _cols); else the batch folds into columns.
         NB, N = (B, eg) if mask is not None else (1, B * eg)
+        check_grid("aft", {f"block of {BN} columns (batch x channels)": triton.cdiv(N, BN),
+                           "(group, batch element)": G * NB}, v.shape)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
@@ -424,9 +429,9 @@ class AftMix(torch.autograd.Function):
         if w is not None and ctx.needs_input_grad[2]:
             dw = torch.zeros(G, l, l, device=k.device, dtype=mx.dtype)
             nb = triton.cdiv(l, meta["BT"])
-            _bwd_dw[(nb, nb, G)](*common, dw, l, d, eg, N, NB, DIAG=False, **meta)
+            _bwd_dw[(nb, nb, G)](*common, dw, *dw.stride(), l, d, eg, N, NB, DIAG=False, **meta)
             if meta["CAUSAL"]:
-                _bwd_dw[(nb, 1, G)](*common, dw, l, d, eg, N, NB, DIAG=True, **meta)
+                _bwd_dw[(nb, 1, G)](*common, dw, *dw.stride(), l, d, eg, N, NB, DIAG=True, **meta)
             dw = dw.to(w.dtype)
         return dk, dv, dw, None, None
 

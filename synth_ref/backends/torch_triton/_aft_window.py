@@ -57,7 +57,7 @@ from ._aft import (
     _tile_sums,
     tile,
 )
-from ._common import acc_dtype, first_order_only, mask_args, pairs_in_range
+from ._common import acc_dtype, check_grid, first_order_only, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def _scan(s_ptr, s_sb, s_st, s_sc, a_ptr, s_ab, s_at, s_ac, c_ptr, s_cb, s_ct, s
           BT: tl.constexpr, BN: tl.constexpr):
     """pre[j] = blocks 0..j-1 merged, suf[j] = blocks j..NBLK-1 merged (j = 0..NBLK), per column
     n = b * d + c of (B, l, d) tensors; each (3, NBLK + 1, B * d): m, S1, S2."""
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    n = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)  # int64: B * d * l passes 2**31 (_common)
     col_ok = n < BD
     b, c = n // d, n % d
     m = tl.full([BN], NEG, ACC)
@@ -147,8 +147,8 @@ def _fwd_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, s_w
              pre_ptr, suf_ptr, o_ptr, mx_ptr, inv_ptr, bad_ptr, l, d, eg, N, NB, BD, lo, NW, NBLK,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
              BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
-    pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, bidx = pid_gb // NB, pid_gb % NB
+    pid_t, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    g, bidx = pid_gb // NB, pid_gb % NB  # int64: see _common
     BK: tl.constexpr = BT
     r0 = pid_t * BT
     rows = r0 + tl.arange(0, BT)
@@ -202,8 +202,8 @@ def _bwd_dkv_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg,
                  BT: tl.constexpr, BN: tl.constexpr, FLOOR: tl.constexpr):
     """Per key block: dV and dK from the band row blocks (the dense kernel's math) and from the
     row summaries of the far ones (pre/suf: the scan of -mx, inv dO and inv dO O)."""
-    pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g, bidx = pid_gb // NB, pid_gb % NB
+    pid_k, pid_n, pid_gb = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    g, bidx = pid_gb // NB, pid_gb % NB  # int64: see _common
     BK: tl.constexpr = BT
     k0 = pid_k * BK
     keys = k0 + tl.arange(0, BK)
@@ -251,7 +251,7 @@ def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, 
     """dwb for the tile (row block pid_t, its band key block number pid_k), into the contiguous
     (G, l, NW) dwb.  DIAG=False: the off-diagonal math (causal: only blocks before the diagonal);
     DIAG=True (causal only): the diagonal tile, exactly."""
-    pid_t, pid_k, g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_k, g = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # see _common
     BK: tl.constexpr = BT
     r0 = pid_t * BT
     jlo = tl.maximum(r0 + lo, 0) // BK
@@ -308,6 +308,8 @@ class AftWindowMix(torch.autograd.Function):
             raise ValueError(f"band: expected offsets lo <= 0 <= lo + NW - 1; got lo={lo}, NW={NW}")
         eg = d // G
         NB, N = (B, eg) if mask is not None else (1, B * eg)
+        check_grid("aft-window", {f"block of {BN} columns (batch x channels)": triton.cdiv(N, BN),
+                                  "(group, batch element)": G * NB}, v.shape)
         bt = tile()
         nblk = triton.cdiv(l, bt)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32

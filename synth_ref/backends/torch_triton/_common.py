@@ -1,4 +1,16 @@
-"""Helpers shared by the kernel wrappers: dtypes, block sizes, mask arguments."""
+"""Helpers shared by the kernel wrappers: dtypes, block sizes, mask arguments.
+
+Offsets.  Triton types an integer argument below 2**31, tl.program_id and tl.arange as int32 and
+computes index * stride in int32, which wraps past 2**31 elements: a negative offset, so an illegal
+address or another tensor's data, never an error.  Arrays reach that at sizes people run: random's R
+and AFT's w' (and their gradients) at h * l * l >= 2**31 (l = 16384 with 9 heads; a single (l, l)
+slab's row offsets at l = 46341, e.g. aft_full at the benchmarks' l = 65536) and activations of
+2**31 elements ((B, l, d) = (64, 8192, 4096)).  So every kernel takes its program's batch, head and
+group index as int64 (each offset they enter becomes int64), and the row index wherever it
+multiplies the row stride of an (l, l) array; the other row and column terms stay int32 (one
+(l, width) slab).  tests/test_torch_kernels.py runs every kernel family on views whose offsets pass
+2**31 (``test_offsets_past_2_31_elements``).
+"""
 
 from __future__ import annotations
 
@@ -91,8 +103,20 @@ def first_order_only(kernel: str) -> None:
         )
 
 
-def grad_or_none(needed: bool, t):
-    return t if needed else None
+#: CUDA's limit on the programs of a launch grid's axes 1 and 2 (axis 0 takes 2**31 - 1).
+GRID_YZ_MAX = 65535
+
+
+def check_grid(kernel: str, axes: dict[str, int], shape) -> None:
+    """Refuse a launch whose grid axis 1 or 2 (``axes``: what each counts -> its programs, in grid
+    order from axis 1) is past CUDA's 65535 programs, naming it and the input ``shape``: the launch
+    itself would fail with CUDA's bare "invalid argument", and the interpreter has no such limit."""
+    for what, n in axes.items():
+        if n > GRID_YZ_MAX:
+            raise ValueError(
+                f"the {kernel} kernel launches one program per {what}: {n} for an input of shape "
+                f"{tuple(shape)}, over CUDA's {GRID_YZ_MAX} per grid axis; use kernels='never' (the "
+                "reference) or split the batch")
 
 
 @triton.jit

@@ -31,7 +31,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range, seq_block
+from ._common import (
+    NUM_WARPS,
+    acc_dtype,
+    block,
+    check_grid,
+    first_order_only,
+    mask_args,
+    pairs_in_range,
+    seq_block,
+)
 
 
 @triton.jit
@@ -86,7 +95,7 @@ def _logits(q, kt, kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_m
     if HAS_KB:
         s += tl.load(kb_ptr + hh * s_kbh + keys * s_kbt, mask=keys < l, other=0.0).to(ACC)[None, :]
     if HAS_FB:
-        s += tl.load(fb_ptr + hh * s_fbh + rows[:, None] * s_fbt + keys[None, :] * s_fbk,
+        s += tl.load(fb_ptr + hh * s_fbh + rows.to(tl.int64)[:, None] * s_fbt + keys[None, :] * s_fbk,
                      mask=ok, other=0.0).to(ACC)
     if HAS_FD:
         ga, gb, _, _ = _gathered(ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd,
@@ -104,7 +113,7 @@ def _fwd(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
          HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
          ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: see _common
     b, hh = bh // H, bh % H
     rows = pid_m * BM + tl.arange(0, BM)
     q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
@@ -201,7 +210,7 @@ def _bwd_delta(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_p
     m[t] (its largest P, the first on a tie) and that key's dS rebuilt from the others,
     corr[t] = delta * b - a with a, b the sums of P dP and P over the keys other than m (see
     :func:`_ds`)."""
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: see _common
     b, hh = bh // H, bh % H
     rows = pid_m * BM + tl.arange(0, BM)
     q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
@@ -257,7 +266,7 @@ def _bwd_dkv(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
              HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
              ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
              DOMINANT: tl.constexpr):
-    pid_k, bh = tl.program_id(0), tl.program_id(1)
+    pid_k, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: see _common
     b, hh = bh // H, bh % H
     keys = pid_k * BK + tl.arange(0, BK)
     kt = _load_rows(k_ptr, s_kb, s_kh, s_kt, s_kd, b, hh, keys, l, D, BD)
@@ -303,7 +312,7 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
             HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
             ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
             DOMINANT: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    pid_m, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # int64 offsets: see _common
     b, hh = bh // H, bh % H
     rows = pid_m * BM + tl.arange(0, BM)
     q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
@@ -344,20 +353,23 @@ def _bwd_dq(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr,
 def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr, s_vb, s_vh, s_vt, s_ve,
              kb_ptr, s_kbh, s_kbt, fb_ptr, s_fbh, s_fbt, s_fbk, m_ptr, s_mb, s_mk,
              ga_ptr, s_gab, s_gah, s_gat, s_gad, gb_ptr, s_gbb, s_gbh, s_gbt, s_gbd, na, nb,
-             do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, corr_ptr, idx_ptr, dfb_ptr,
+             do_ptr, s_db, s_dh, s_dt, s_de, stats_ptr, delta_ptr, corr_ptr, idx_ptr,
+             dfb_ptr, s_gh, s_gt, s_gk,
              B, H, l, D, E, scale,
              CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_KB: tl.constexpr, HAS_FB: tl.constexpr,
              HAS_QK: tl.constexpr, HAS_FD: tl.constexpr, FD_TILE: tl.constexpr,
              ACC: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
              DOMINANT: tl.constexpr):
-    pid_m, pid_k, hh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_k = tl.program_id(0), tl.program_id(1)
+    hh = tl.program_id(2).to(tl.int64)  # int64 offsets: see _common
     rows = pid_m * BM + tl.arange(0, BM)
     keys = pid_k * BK + tl.arange(0, BK)
     acc = tl.zeros([BM, BK], ACC)
     n_batch = B
     if CAUSAL:  # tiles wholly above the diagonal are 0: run no batch element for them
         n_batch = tl.where(pid_k * BK > pid_m * BM + BM - 1, 0, B)
-    for b in range(0, n_batch):
+    for bi in range(0, n_batch):
+        b = tl.cast(bi, tl.int64)
         bh = b * H + hh
         q = _load_rows(q_ptr, s_qb, s_qh, s_qt, s_qd, b, hh, rows, l, D, BD)
         do = _load_rows(do_ptr, s_db, s_dh, s_dt, s_de, b, hh, rows, l, E, BE)
@@ -372,7 +384,7 @@ def _bwd_dfb(q_ptr, s_qb, s_qh, s_qt, s_qd, k_ptr, s_kb, s_kh, s_kt, s_kd, v_ptr
         p = _probs(s, rm, rinv)
         dp = tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
         acc += _ds(p, dp, delta, corr, idx, keys, DOMINANT)
-    tl.store(dfb_ptr + hh * l * l + rows[:, None] * l + keys[None, :], acc,
+    tl.store(dfb_ptr + hh * s_gh + rows.to(tl.int64)[:, None] * s_gt + keys[None, :] * s_gk, acc,
              mask=(rows[:, None] < l) & (keys[None, :] < l))
 
 
@@ -408,6 +420,7 @@ class FlashMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kb, fb, ga, gb, scale, causal, mask, fd):
         B, H, l, E = v.shape
+        check_grid("flash", {"(batch element, head)": B * H}, v.shape)
         D = 0 if q is None else q.shape[-1]
         dt = v.dtype
         stat = torch.float64 if dt == torch.float64 else torch.float32
@@ -469,7 +482,7 @@ class FlashMix(torch.autograd.Function):
         if need_fb:
             dfb = torch.empty(H, l, l, device=v.device, dtype=stats.dtype)
             _bwd_dfb[(triton.cdiv(l, meta["BM"]), triton.cdiv(l, meta["BK"]), H)](
-                *common, dfb, B, H, l, D, E, ctx.scale, **meta)
+                *common, dfb, *dfb.stride(), B, H, l, D, E, ctx.scale, **meta)
             dfb = dfb.to(fb.dtype)
         return dq, dk, dv, dkb, dfb, dga, dgb, None, None, None, None
 

@@ -22,7 +22,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, acc_dtype, block, first_order_only, mask_args, pairs_in_range, seq_block
+from ._common import (
+    NUM_WARPS,
+    acc_dtype,
+    block,
+    check_grid,
+    first_order_only,
+    mask_args,
+    pairs_in_range,
+    seq_block,
+)
 
 
 @triton.jit
@@ -33,7 +42,9 @@ def _logits(r_ptr, s_rh, s_rt, s_rk, hh, rows, keys, l, m_ptr, s_mb, s_mk, g,
     if HAS_MASK:
         kp = tl.load(m_ptr + g * s_mb + keys * s_mk, mask=keys < l, other=0)
         ok = ok & (kp[None, :] != 0)
-    s = tl.load(r_ptr + hh * s_rh + rows[:, None] * s_rt + keys[None, :] * s_rk, mask=ok, other=0.0)
+    # int64 rows: an (l, l) slab passes 2**31 elements at l = 46341 (see _common, "Offsets")
+    s = tl.load(r_ptr + hh * s_rh + rows.to(tl.int64)[:, None] * s_rt + keys[None, :] * s_rk, mask=ok,
+                other=0.0)
     return tl.where(ok, s.to(ACC), float("-inf"))
 
 
@@ -45,7 +56,8 @@ def _fwd(r_ptr, s_rh, s_rt, s_rk,
          l, e, N, G,
          CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m, pid_n, pid_hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    pid_hg = tl.program_id(2).to(tl.int64)  # int64 head and batch offsets (_common, "Offsets")
     hh, g = pid_hg // G, pid_hg % G
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -97,7 +109,8 @@ def _bwd_dv(r_ptr, s_rh, s_rt, s_rk,
             l, e, N, G,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_k, pid_n, pid_hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_k, pid_n = tl.program_id(0), tl.program_id(1)
+    pid_hg = tl.program_id(2).to(tl.int64)  # int64 head and batch offsets (_common, "Offsets")
     hh, g = pid_hg // G, pid_hg % G
     keys = pid_k * BK + tl.arange(0, BK)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -125,7 +138,8 @@ def _bwd_dr(r_ptr, s_rh, s_rt, s_rk,
             l, e, N, G,
             CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m, pid_k, hh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_k = tl.program_id(0), tl.program_id(1)
+    hh = tl.program_id(2).to(tl.int64)  # int64 offsets (_common, "Offsets")
     rows = pid_m * BM + tl.arange(0, BM)
     keys = pid_k * BK + tl.arange(0, BK)
     acc = tl.zeros([BM, BK], ACC)
@@ -139,7 +153,7 @@ def _bwd_dr(r_ptr, s_rh, s_rt, s_rk,
         dp = tl.zeros([BM, BK], ACC)
         for n0 in range(0, N, BN):
             cols = n0 + tl.arange(0, BN)
-            b, c = g + cols // e, cols % e
+            b, c = (cols // e).to(tl.int64) + g, cols % e
             col_ok = cols < N
             do = tl.load(do_ptr + b[None, :] * s_db + hh * s_dh + rows[:, None] * s_dt + c[None, :] * s_de,
                          mask=(rows[:, None] < l) & col_ok[None, :], other=0.0)
@@ -147,7 +161,7 @@ def _bwd_dr(r_ptr, s_rh, s_rt, s_rk,
                         mask=(keys[:, None] < l) & col_ok[None, :], other=0.0)
             dp += tl.dot(do, tl.trans(v), out_dtype=ACC, input_precision="ieee")
         acc += p * (dp - delta[:, None])
-    tl.store(dr_ptr + hh * s_gh + rows[:, None] * s_gt + keys[None, :] * s_gk,
+    tl.store(dr_ptr + hh * s_gh + rows.to(tl.int64)[:, None] * s_gt + keys[None, :] * s_gk,
              acc.to(dr_ptr.dtype.element_ty), mask=(rows[:, None] < l) & (keys[None, :] < l))
 
 
@@ -170,6 +184,8 @@ class RandomMix(torch.autograd.Function):
         B, _, _, e = v.shape
         G, N = _layout(v, mask)
         BM, BN, BK = _blocks(l, N)
+        check_grid("random", {f"block of {BN} value columns (batch x head width)": triton.cdiv(N, BN),
+                              "(head, batch element)": h * G}, v.shape)
         out = torch.empty_like(v)
         mx = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
                          else torch.float32)  # per row: max, and 1 / sum in inv
