@@ -215,3 +215,29 @@ def test_merge_requires_the_gpu_backends(tmp_path):
     assert set(json.loads(out.read_text())["backends"]) == {"torch-cuda", "cupy"}
     with pytest.raises(SystemExit, match="torch-cuda, cupy, jax-gpu"):
         unpack.merge(tmp_path / "m.json", [a, b], require=["torch-cuda", "cupy", "jax-gpu"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("triton") is None,
+                    reason="gpu/long_bench.py needs torch and triton")
+def test_long_bench_runs_quick(tmp_path):
+    """The long stage's script end to end on CPU (l = 64, kernels interpreted): every row that needs
+    no (h, l, l) input runs -- aft_conv's windowed row too, which reads only its taps -- and the
+    aft_full rows check against float64 passes.  It once failed at its first row (torch_bench's
+    rows had grown two inputs this script did not draw), which only a GPU run would have shown."""
+    import os
+    import subprocess
+
+    out = tmp_path / "lb.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "gpu" / "long_bench.py"), "--quick", "--out", str(out)],
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    ran = {r["impl"] for r in result["rows"] if r["ms"] is not None}
+    skipped = {r["impl"]: r["error"] for r in result["rows"] if r["ms"] is None}
+    assert "ours: aft (conv, windowed)" in ran and "ours: aft (full)" in ran, skipped
+    assert all(e.startswith("not run: needs r of shape") or e.startswith("not run: needs wc of shape")
+               for e in skipped.values()), skipped
+    assert len(skipped) == 3, skipped  # random, the mixture with R, aft_conv's dense w'
+    (check,) = result["checks"]
+    assert check["ok"] and check["out_rel_err"] < 1e-5 and check["dw_rel_err"] < 1e-5, check
