@@ -130,7 +130,8 @@ CONFORMANCE_PROFILE = {"torch-triton-interpret": "kernels", "jax-pallas-interpre
 # fused operand evaluated twice may also round differently each time, as on XLA:GPU, the condition
 # that exposed the max-gradient NaN (_common.row_max).  The interpreter's programs play no part in a
 # kernel on a TPU or GPU.  Programs as XLA:CPU compiles them by default: tests/test_jax_*.py (the
-# tests session sets no XLA flag) and every GPU run.
+# tests session sets no XLA flag; only the sharding test's child, which checks collectives, takes
+# these two) and every GPU run.
 _FAST_COMPILE = {"XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
                                         "--xla_cpu_use_fusion_emitters=false"]).strip()}
 CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}, "jax": _FAST_COMPILE,

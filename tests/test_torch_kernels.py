@@ -700,21 +700,23 @@ def _offset_case(family, variant):
         spread = {"k": 0, "v": 0, "w": 1 if rows else 0}
         return (lambda k, v, w: _aft.AftMix.apply(k, v, w, not rows, mask), x, spread,
                 (_aft, (G, l, l), 1 if rows else 0))
-    # the windowed kernels: three blocks of 8, a band of NW = 7 offsets from lo = -3 (non-causal: the
-    # first row block has a far key block after its band) or -6 (causal: the last, one before it)
-    l, G, nw = 24, 3, 7
-    lo = -3 if rows else -6
-    mask = None if rows else torch.rand(B, l, generator=g) > 0.3
+    # the windowed kernels ("rows" only): three blocks of 8, a band of NW = 7 offsets from lo = -3,
+    # non-causal (the first row block has a far key block after its band, the last one before it)
+    l, G, nw, lo = 24, 3, 7, -3
     x = {"k": rnd(B, l, d), "v": rnd(B, l, d), "wb": rnd(G, l, nw, scale=2.0)}
-    return (lambda k, v, wb: _aft_window.AftWindowMix.apply(k, v, wb, lo, not rows, mask), x,
+    return (lambda k, v, wb: _aft_window.AftWindowMix.apply(k, v, wb, lo, False, None), x,
             {"k": 0, "v": 0, "wb": 0}, None)
 
 
 @in_this_process
 @pytest.mark.skipif(DEVICE != "cpu", reason="CPU interpreter only: on a GPU every spread input is a real "
                     "allocation of 2**31 elements (8.6 GB in float32)")
-@pytest.mark.parametrize("variant", ["rows", "heads"])
-@pytest.mark.parametrize("family", ["random", "flash", "aft", "aft-window"])
+# aft-window runs "rows" only: removed one at a time, each int64 cast of _aft_window already
+# crashes or fails that case ("heads" added no catch, and 10 s of interpreter time); every one of
+# the 24 casts, removed alone, fails one of these 7 cases.
+@pytest.mark.parametrize("family, variant",
+                         [(f, v) for f in ("random", "flash", "aft") for v in ("rows", "heads")]
+                         + [("aft-window", "rows")])
 def test_offsets_past_2_31_elements(family, variant, tmp_path, monkeypatch):
     """Every kernel family gives the same output and gradients, to the bit, when its inputs (and the
     (l, l) gradient it writes) are views whose element offsets pass 2**31: the batch, head or group
