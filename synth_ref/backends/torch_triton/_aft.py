@@ -392,8 +392,6 @@ class AftMix(torch.autograd.Function):
         eg = d // G
         # Under a mask, one batch element per program (see _cols); else the batch folds into columns.
         NB, N = (B, eg) if mask is not None else (1, B * eg)
-        check_grid("aft", {f"block of {BN} columns (batch x channels)": triton.cdiv(N, BN),
-                           "(group, batch element)": G * NB}, v.shape)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
@@ -403,7 +401,9 @@ class AftMix(torch.autograd.Function):
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
                     BT=tile(), BN=BN, FLOOR=FLOOR[stat])
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a tile failed its check
-        _fwd[(triton.cdiv(l, meta["BT"]), triton.cdiv(N, BN), G * NB)](
+        grid = check_grid("aft", (triton.cdiv(l, meta["BT"]), triton.cdiv(N, BN), G * NB),
+                          (f"block of {BN} columns (batch x channels)", "(group, batch element)"), v.shape)
+        _fwd[grid](
             k, *k.stride(), v, *v.stride(), *wt, m, smb, smk, out, mx, inv, bad, l, d, eg, N, NB, **meta)
         ctx.save_for_backward(k, v, w, m, out, mx, inv, bad)
         ctx.meta, ctx.dims = meta, (smb, smk, G, eg, N, NB)

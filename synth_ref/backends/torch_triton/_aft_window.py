@@ -308,10 +308,11 @@ class AftWindowMix(torch.autograd.Function):
             raise ValueError(f"band: expected offsets lo <= 0 <= lo + NW - 1; got lo={lo}, NW={NW}")
         eg = d // G
         NB, N = (B, eg) if mask is not None else (1, B * eg)
-        check_grid("aft-window", {f"block of {BN} columns (batch x channels)": triton.cdiv(N, BN),
-                                  "(group, batch element)": G * NB}, v.shape)
         bt = tile()
         nblk = triton.cdiv(l, bt)
+        # checked before the key scan's launch too (its grid, B * d / BN programs, is on axis 0)
+        grid = check_grid("aft-window", (nblk, triton.cdiv(N, BN), G * NB),
+                          (f"block of {BN} columns (batch x channels)", "(group, batch element)"), v.shape)
         stat = torch.float64 if v.dtype == torch.float64 else torch.float32
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
@@ -321,7 +322,7 @@ class AftWindowMix(torch.autograd.Function):
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=bt, BN=BN,
                     FLOOR=FLOOR[stat])
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a band tile failed its check
-        _fwd_win[(nblk, triton.cdiv(N, BN), G * NB)](
+        _fwd_win[grid](
             k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, pre, suf, out, mx, inv, bad,
             l, d, eg, N, NB, B * d, lo, NW, nblk, **meta)
         ctx.save_for_backward(k, v, wb, m, out, mx, inv, bad)

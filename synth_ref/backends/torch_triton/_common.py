@@ -107,16 +107,18 @@ def first_order_only(kernel: str) -> None:
 GRID_YZ_MAX = 65535
 
 
-def check_grid(kernel: str, axes: dict[str, int], shape) -> None:
-    """Refuse a launch whose grid axis 1 or 2 (``axes``: what each counts -> its programs, in grid
-    order from axis 1) is past CUDA's 65535 programs, naming it and the input ``shape``: the launch
-    itself would fail with CUDA's bare "invalid argument", and the interpreter has no such limit."""
-    for what, n in axes.items():
+def check_grid(kernel: str, grid: tuple[int, ...], what: tuple[str, ...], shape) -> tuple[int, ...]:
+    """``grid``, the launch grid of ``kernel``, once checked: an axis 1 or 2 past CUDA's 65535
+    programs is refused, naming what it counts (``what``: axis 1, then 2) and the input ``shape``.
+    The launch itself would fail with CUDA's bare "invalid argument", and the interpreter has no
+    such limit."""
+    for counts, n in zip(what, grid[1:], strict=True):
         if n > GRID_YZ_MAX:
             raise ValueError(
-                f"the {kernel} kernel launches one program per {what}: {n} for an input of shape "
+                f"the {kernel} kernel launches one program per {counts}: {n} for an input of shape "
                 f"{tuple(shape)}, over CUDA's {GRID_YZ_MAX} per grid axis; use kernels='never' (the "
                 "reference) or split the batch")
+    return grid
 
 
 @triton.jit

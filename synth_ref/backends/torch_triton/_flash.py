@@ -420,7 +420,6 @@ class FlashMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kb, fb, ga, gb, scale, causal, mask, fd):
         B, H, l, E = v.shape
-        check_grid("flash", {"(batch element, head)": B * H}, v.shape)
         D = 0 if q is None else q.shape[-1]
         dt = v.dtype
         stat = torch.float64 if dt == torch.float64 else torch.float32
@@ -431,8 +430,8 @@ class FlashMix(torch.autograd.Function):
         m, smb, smk, has_mask = mask_args(mask, v)
         meta = _meta(l, D, E, causal, has_mask, kb, fb, fd, dt)
         args = _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk)
-        _fwd[(triton.cdiv(l, meta["BM"]), B * H)](*args, out, *out.stride(), stats, H, l, D, E, float(scale),
-                                                  **meta)
+        grid = check_grid("flash", (triton.cdiv(l, meta["BM"]), B * H), ("(batch element, head)",), v.shape)
+        _fwd[grid](*args, out, *out.stride(), stats, H, l, D, E, float(scale), **meta)
         ctx.save_for_backward(q, k, v, kb, fb, ga, gb, m, out, stats)
         ctx.scale, ctx.causal, ctx.has_mask, ctx.fd = float(scale), causal, has_mask, fd
         return out.to(dt)

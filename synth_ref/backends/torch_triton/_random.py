@@ -184,14 +184,14 @@ class RandomMix(torch.autograd.Function):
         B, _, _, e = v.shape
         G, N = _layout(v, mask)
         BM, BN, BK = _blocks(l, N)
-        check_grid("random", {f"block of {BN} value columns (batch x head width)": triton.cdiv(N, BN),
-                              "(head, batch element)": h * G}, v.shape)
         out = torch.empty_like(v)
         mx = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
                          else torch.float32)  # per row: max, and 1 / sum in inv
         inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
-        grid = (triton.cdiv(l, BM), triton.cdiv(N, BN), h * G)
+        grid = check_grid("random", (triton.cdiv(l, BM), triton.cdiv(N, BN), h * G),
+                          (f"block of {BN} value columns (batch x head width)", "(head, batch element)"),
+                          v.shape)
         _fwd[grid](r, *r.stride(), v, *v.stride(), out, *out.stride(), mx, inv, m, smb, smk,
                    l, e, N, G, CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(v), BM=BM, BN=BN, BK=BK,
                    num_warps=NUM_WARPS)
