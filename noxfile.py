@@ -77,13 +77,33 @@ def lint(session):
     session.run("ruff", "check", ".")
 
 
+# XLA:CPU set for compile time, which is most of a jax test's time on CPU: optimization level 0 (LLVM's
+# optimizations off) and the older loop emitters for fused ops in place of the MLIR fusion emitters.
+# Both change how XLA:CPU generates code, hence last-ulp rounding, not what is computed; at level 0 a
+# fused operand evaluated twice may also round differently each time, as on XLA:GPU (the condition
+# that exposed the max-gradient NaN, _common.row_max).  Used by both jax conformance sessions and by
+# FAST_COMPILE_TESTS; the rest of the tests session, tests/test_jax_jit.py (every option of every
+# variant, jitted) among them, compiles as a user's XLA:CPU does, with no flag.
+_FAST_COMPILE = {"XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
+                                        "--xla_cpu_use_fusion_emitters=false"]).strip()}
+# Test files run in a second pytest process under _FAST_COMPILE (XLA reads its flags once per
+# process): the Pallas interpreter's programs play no part in a kernel on a TPU or GPU, and the NNX
+# module tests check the module around the jitted layer.  On a two-core machine: test_jax_pallas.py
+# 354 -> 131 CPU-s; the whole session 11.0 -> 7.9 min, the same 1605 tests passing, 168 skipped.
+FAST_COMPILE_TESTS = ("tests/test_jax_pallas.py", "tests/test_jax_nnx.py")
+
+
 @nox.session(venv_backend="none")
 def tests(session):
     python = shared_python(session, "cpu")  # triton: the kernel tests; jax + flax: the NNX module tests
     # the tests are independent processes' work (jax compiles, interpreter runs): spread them over
     # the cores (6.5 -> 4.3 min on CI's two); `nox -s tests -- -n 0` runs them in one process
-    session.run(python, "-m", "pytest", "tests", "-n", "auto", "--maxprocesses", "4", *session.posargs,
-                external=True)
+    xdist = ("-n", "auto", "--maxprocesses", "4")
+    ignore = [f"--ignore={f}" for f in FAST_COMPILE_TESTS]
+    session.run(python, "-m", "pytest", "tests", *ignore, *xdist, *session.posargs, external=True)
+    # exit status 5: posargs (say -k) selected none of these files' tests
+    session.run(python, "-m", "pytest", *FAST_COMPILE_TESTS, *xdist, *session.posargs, env=_FAST_COMPILE,
+                success_codes=[0, 5], external=True)
 
 
 @nox.session
@@ -122,18 +142,10 @@ CONFORMANCE_WORKERS = {"jax": "auto", "jax-pallas-interpret": "auto", "torch-tri
 # (cases.grid's "kernels" profile) keeps CI inside its time; SYNTH_REF_PROFILE overrides.
 CONFORMANCE_PROFILE = {"torch-triton-interpret": "kernels", "jax-pallas-interpret": "kernels"}
 # Triton decides at import whether its kernels are interpreted (the kernels' CPU path).  Both jax
-# sessions compile with XLA:CPU set for compile time: compiling is most of their time.  Level 0
-# (LLVM's optimizations off) and the older loop emitters for fused ops in place of the MLIR fusion
-# emitters (--xla_cpu_use_fusion_emitters=false): the jax grid 300 -> 205 s (level 0), and a third
-# of its variants 100 -> 60 s, the Pallas interpreter's dense checks 66 -> 42 s (emitters).  Both
-# change how XLA:CPU generates code, hence last-ulp rounding, not what is computed.  At level 0 a
-# fused operand evaluated twice may also round differently each time, as on XLA:GPU, the condition
-# that exposed the max-gradient NaN (_common.row_max).  The interpreter's programs play no part in a
-# kernel on a TPU or GPU.  Programs as XLA:CPU compiles them by default: tests/test_jax_*.py (the
-# tests session sets no XLA flag; only the sharding test's child, which checks collectives, takes
-# these two) and every GPU run.
-_FAST_COMPILE = {"XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
-                                        "--xla_cpu_use_fusion_emitters=false"]).strip()}
+# sessions compile with XLA:CPU set for compile time (_FAST_COMPILE): compiling is most of their time
+# (the jax grid 300 -> 205 s at level 0, a third of its variants 100 -> 60 s and the Pallas
+# interpreter's dense checks 66 -> 42 s with the loop emitters).  Programs as XLA:CPU compiles them
+# by default: the tests session (tests/test_jax_jit.py) and every GPU run.
 CONFORMANCE_ENV = {"torch-triton-interpret": {"TRITON_INTERPRET": "1"}, "jax": _FAST_COMPILE,
                    "jax-pallas-interpret": _FAST_COMPILE}
 NEEDS_NVIDIA = ("torch-cuda", "cupy")
