@@ -97,7 +97,7 @@ FAST_COMPILE_TESTS = ("tests/test_jax_pallas.py", "tests/test_jax_nnx.py")
 def tests(session):
     python = shared_python(session, "cpu")  # triton: the kernel tests; jax + flax: the NNX module tests
     # the tests are independent processes' work (jax compiles, interpreter runs): spread them over
-    # the cores (6.5 -> 4.3 min on CI's two); `nox -s tests -- -n 0` runs them in one process
+    # the cores (6.5 -> 4.3 min on CI's two); `nox -s tests -- -n 0` runs each pytest without workers
     xdist = ("-n", "auto", "--maxprocesses", "4")
     ignore = [f"--ignore={f}" for f in FAST_COMPILE_TESTS]
     session.run(python, "-m", "pytest", "tests", *ignore, *xdist, *session.posargs, external=True)
