@@ -30,9 +30,34 @@ from ._plan import BLOCK_CAP
 ACC = {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.float32,
        torch.bfloat16: tl.float32}
 
-#: Warps per program for the GEMM-shaped kernels: with 64-wide tiles, 4 warps spill registers on
-#: sm_90 (ptxas -v on the AOT-compiled kernels), 8 do not.
+#: Warps per program for the GEMM-shaped kernels (flash, random): with 64-wide tiles, 4 warps spill
+#: registers on sm_90 (ptxas -v on the AOT-compiled kernels), 8 do not.
 NUM_WARPS = 8
+
+#: Software-pipelining depth (Triton's ``num_stages``) of the GEMM-shaped kernels per input dtype.
+#: bfloat16 and float16 run tl.dot on tensor cores and keep Triton's default, 3.  float32 and float64
+#: run it exactly (input_precision="ieee": FMA on CUDA cores, not TF32), whose operand layouts hold
+#: many more registers per thread: pipelined (3 or 2 deep) the kernels spilled to local memory on
+#: sm_90 -- the flash backward's _bwd_dkv 9.5-10.7 KB of spill stores per thread in float32, every
+#: form; the random backward's _bwd_dr 296 bytes -- and unpipelined, at the tiles their modules give
+#: these dtypes (_flash.SEQ_TILES, _random.SEQ_TILES), none spills (ptxas -v; the sm_90 test holds
+#: every kernel to it at its launch configuration).
+STAGES = {torch.float64: 1, torch.float32: 1, torch.float16: 3, torch.bfloat16: 3}
+
+
+def launch_options(dtype: torch.dtype) -> dict:
+    """Triton's launch options for a GEMM-shaped kernel on inputs of ``dtype``."""
+    return dict(num_warps=NUM_WARPS, num_stages=STAGES[dtype])
+
+
+#: Warps per program of the AFT kernels (_aft, _aft_window's band kernels) per input dtype: Triton's
+#: default, 4, except float64, whose tiles at 4 warps spilled 68-304 bytes per thread on sm_90
+#: (ptxas -v) and at 8 none.
+AFT_WARPS = {torch.float64: 8}
+
+
+def aft_warps(dtype: torch.dtype) -> int:
+    return AFT_WARPS.get(dtype, 4)
 
 #: The smallest block side: tl.dot needs at least 16 on NVIDIA GPUs.
 MIN_BLOCK = 16

@@ -32,11 +32,11 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    NUM_WARPS,
     acc_dtype,
     block,
     check_grid,
     first_order_only,
+    launch_options,
     mask_args,
     pairs_in_range,
     seq_block,
@@ -494,6 +494,14 @@ def _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk):
             *_bias_args(fb, 3, v), m, smb, smk, *_bias_args(ga, 4, v), *_bias_args(gb, 4, v), na, nb)
 
 
+#: The largest (BM, BK) -- rows of a program's or an iteration's tile, keys of the other -- per input
+#: dtype.  The exact dtypes' FMA dots need smaller tiles as well as no pipelining (_common.STAGES):
+#: float32 at (64, 32) unpipelined still spilled 184 bytes per thread in _bwd_dkv, at (32, 32) none
+#: (dot_product and the all-terms mixture alike); float64 at (32, 32) spilled 1.2 KB in _bwd_dfb,
+#: at (16, 16) 16 bytes there (the all-terms mixture only) and none elsewhere.
+SEQ_TILES = {torch.float16: (64, 32), torch.bfloat16: (64, 32), torch.float32: (32, 32), torch.float64: (16, 16)}
+
+
 def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
     BD, BE = block(D, 256), block(E, 256)
     if D > BD or E > BE:  # a tile holds the whole width: wider would drop columns
@@ -501,8 +509,8 @@ def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
                          f"width {D}, v width {E} (the layer routes wider heads to the reference)")
     return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_KB=kb is not None, HAS_FB=fb is not None,
                 HAS_QK=D > 0, HAS_FD=fd is not None, FD_TILE=fd is not None and fd[2],
-                ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=seq_block(l, 64), BK=seq_block(l, 32),
-                BD=BD, BE=BE, num_warps=NUM_WARPS)
+                ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=seq_block(l, SEQ_TILES[dtype][0]),
+                BK=seq_block(l, SEQ_TILES[dtype][1]), BD=BD, BE=BE, **launch_options(dtype))
 
 
 def flash_mix(q, k, v, kb=None, fb=None, ga=None, gb=None, *, scale=1.0, causal=False, mask=None,

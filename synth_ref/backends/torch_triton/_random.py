@@ -23,11 +23,11 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    NUM_WARPS,
     acc_dtype,
     block,
     check_grid,
     first_order_only,
+    launch_options,
     mask_args,
     pairs_in_range,
     seq_block,
@@ -171,8 +171,17 @@ def _layout(v, mask):
     return (B, e) if mask is not None else (1, B * e)
 
 
-def _blocks(l, N):
-    return seq_block(l, 64), block(N, 64), seq_block(l, 64)
+#: The largest (BM, BK) -- query rows and keys of a tile -- per input dtype; value columns take
+#: blocks of up to 64.  float64 at BK = 64 spilled 120 bytes per thread in _fwd on sm_90, even
+#: unpipelined (_common.STAGES), at 32 none.
+SEQ_TILES = {torch.float16: (64, 64), torch.bfloat16: (64, 64), torch.float32: (64, 64), torch.float64: (64, 32)}
+
+
+def _meta(l, N, causal, has_mask, dtype):
+    """The kernels' block sizes, flags and launch options for length l, N value columns."""
+    bm, bk = SEQ_TILES[dtype]
+    return dict(CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(torch.empty(0, dtype=dtype)),
+                BM=seq_block(l, bm), BN=block(N, 64), BK=seq_block(l, bk), **launch_options(dtype))
 
 
 class RandomMix(torch.autograd.Function):
@@ -183,18 +192,18 @@ class RandomMix(torch.autograd.Function):
         h, l, _ = r.shape
         B, _, _, e = v.shape
         G, N = _layout(v, mask)
-        BM, BN, BK = _blocks(l, N)
         out = torch.empty_like(v)
         mx = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
                          else torch.float32)  # per row: max, and 1 / sum in inv
         inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
+        meta = _meta(l, N, causal, has_mask, v.dtype)
+        BM, BN = meta["BM"], meta["BN"]
         grid = check_grid("random", (triton.cdiv(l, BM), triton.cdiv(N, BN), h * G),
                           (f"block of {BN} value columns (batch x head width)", "(head, batch element)"),
                           v.shape)
         _fwd[grid](r, *r.stride(), v, *v.stride(), out, *out.stride(), mx, inv, m, smb, smk,
-                   l, e, N, G, CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(v), BM=BM, BN=BN, BK=BK,
-                   num_warps=NUM_WARPS)
+                   l, e, N, G, **meta)
         ctx.save_for_backward(r, v, out, mx, inv, m)
         ctx.causal, ctx.has_mask = causal, has_mask
         return out
@@ -207,15 +216,14 @@ class RandomMix(torch.autograd.Function):
         h, l, _ = r.shape
         B, _, _, e = v.shape
         G, N = (B, e) if has_mask else (1, B * e)
-        BM, BN, BK = _blocks(l, N)
+        meta = _meta(l, N, causal, has_mask, v.dtype)
+        BM, BN, BK = meta["BM"], meta["BN"], meta["BK"]
         dout = dout.contiguous()
         # delta[h, g, t] = sum over the group's columns of dO * O (the softmax backward's row term).
         prod = (dout.to(mx.dtype) * out.to(mx.dtype)).sum(-1)  # (B, h, l)
         grouped = prod if has_mask else prod.sum(0, keepdim=True)  # (G, h, l)
         delta = grouped.permute(1, 0, 2).contiguous()
         smb, smk = (m.stride(0), m.stride(1)) if has_mask else (0, 0)
-        meta = dict(CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(v), BM=BM, BN=BN, BK=BK,
-                    num_warps=NUM_WARPS)
         dr = dv = None
         if ctx.needs_input_grad[1]:
             dv = torch.empty_like(v)
