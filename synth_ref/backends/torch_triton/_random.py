@@ -172,9 +172,10 @@ def _layout(v, mask):
 
 
 #: The largest (BM, BK) -- query rows and keys of a tile -- per input dtype; value columns take
-#: blocks of up to 64.  float64 at BK = 64 spilled 120 bytes per thread in _fwd on sm_90, even
+#: blocks of up to 64.  float64 at BK = 64 spilled 136 bytes per thread in _fwd on sm_90, even
 #: unpipelined (_common.STAGES), at 32 none.
-SEQ_TILES = {torch.float16: (64, 64), torch.bfloat16: (64, 64), torch.float32: (64, 64), torch.float64: (64, 32)}
+SEQ_TILES = {torch.float16: (64, 64), torch.bfloat16: (64, 64), torch.float32: (64, 64),
+             torch.float64: (64, 32)}
 
 
 def _meta(l, N, causal, has_mask, dtype):
