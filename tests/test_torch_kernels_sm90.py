@@ -41,8 +41,8 @@ def _cases(dtype, forms=("all",)):
     """(kernel, constexprs, pointers the wrappers pass in the statistics' dtype, launch options) for
     every kernel, with the tiles and options the wrappers launch it with on ``dtype`` at length L
     (``_flash._meta``, ``_random._meta``, the AFT modules' tiles and ``_common.aft_warps``).
-    ``forms`` picks the flash kernels' terms: "all" (every optional term, the widest kernels), "dot" (dot_product alone),
-    "dense" (a product and a key bias)."""
+    ``forms`` picks the flash kernels' terms: "all" (every optional term, the widest kernels),
+    "dot" (dot_product alone), "dense" (a product and a key bias)."""
     import torch
 
     from synth_ref.backends.torch_triton import _aft, _aft_window, _common, _flash, _random
