@@ -4,7 +4,11 @@
 CuPy compiles the kernels with NVRTC only when they first run on a GPU, which CI does not have; this
 step makes a source error fail CI instead of a user's first GPU run.  Each ``*.cu`` in
 synth_ref/backends/cuda is compiled to a cubin for the target architecture (default sm_90, the H100;
-override with NVCC_ARCH) once per dtype the kernels are built for, warnings as errors.
+override with NVCC_ARCH) once per dtype the kernels are built for, warnings as errors, and with
+ptxas's resource report (-Xptxas -v): a kernel that spills registers to local memory fails the
+check (every kernel spills nothing on sm_90 today; the Triton kernels are held to the same in
+tests/test_torch_kernels_sm90.py), since a spilling kernel passes every numeric test at a fraction
+of its speed.
 
 No nvcc is a failure, not a pass: CI runs on a machine with nvcc (13.x), and a check that passes
 because it could not run would let exactly the error it exists for land unseen.  Where there is
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,13 +74,19 @@ def main(argv=None) -> int:
         for src in sources:
             for scalar in SCALARS:
                 out = Path(tmp) / f"{src.stem}_{scalar}.cubin"
-                cmd = [nvcc, f"-arch={arch}", "--cubin", "-Werror", "all-warnings", f"-Dscalar_t={scalar}",
-                       f"-I{args.dir}", "-o", str(out), str(src)]
+                cmd = [nvcc, f"-arch={arch}", "--cubin", "-Werror", "all-warnings", "-Xptxas", "-v",
+                       f"-Dscalar_t={scalar}", f"-I{args.dir}", "-o", str(out), str(src)]
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 dt = time.perf_counter() - t0
-                if proc.returncode == 0:
-                    print(f"  ok      {src.name} scalar_t={scalar}  ({out.stat().st_size} bytes, {dt:.1f} s)")
+                spills = _spills(proc.stdout + proc.stderr)
+                if proc.returncode == 0 and not spills:
+                    print(f"  ok      {src.name} scalar_t={scalar}  ({out.stat().st_size} bytes, {dt:.1f} s, "
+                          "no spills)")
+                elif proc.returncode == 0:
+                    failed += 1
+                    print(f"  FAILED  {src.name} scalar_t={scalar}: registers spilled to local memory on "
+                          f"{arch} (bytes of spill stores per thread): {spills}", file=sys.stderr)
                 else:
                     failed += 1
                     print(f"  FAILED  {src.name} scalar_t={scalar}\n    {' '.join(cmd)}", file=sys.stderr)
@@ -85,6 +96,19 @@ def main(argv=None) -> int:
         return 1
     print(f"nvcc check: all {len(sources) * len(SCALARS)} compilations passed")
     return 0
+
+
+def _spills(log: str) -> dict[str, int]:
+    """{kernel: bytes of spill stores} for each kernel ptxas -v reports a spill for."""
+    found, entry = {}, "?"
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            entry = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores", line)
+        if m and int(m.group(1)):
+            found[entry] = int(m.group(1))
+    return found
 
 
 if __name__ == "__main__":

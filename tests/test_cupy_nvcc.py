@@ -71,3 +71,32 @@ def test_the_text_cupy_compiles_is_self_contained(tmp_path, filename):
            str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(_find_nvcc() is None, reason="no nvcc here: cannot show that a spilling kernel fails")
+def test_a_kernel_that_spills_registers_fails_the_check(tmp_path):
+    """A kernel held to 32 registers per thread (launch bounds) with 64 values live spills to local
+    memory: ptxas -v reports it, and the check fails naming the kernel and the bytes."""
+    (tmp_path / "sr_math.cuh").write_text((ck.CUDA_DIR / "sr_math.cuh").read_text())
+    kernel = (
+        'extern "C" __global__ void __launch_bounds__(1024, 2) heavy(const scalar_t* a, scalar_t* o) {\n'
+        "    scalar_t r[64];\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < 64; ++i) r[i] = a[threadIdx.x + i * 1024] * a[threadIdx.x + i * 1024 + 7];\n"
+        "    scalar_t s = 0;\n"
+        "#pragma unroll\n"
+        "    for (int i = 0; i < 64; ++i) s += r[i] * r[63 - i] + r[(i * 7) % 64];\n"
+        "    o[threadIdx.x] = s;\n"
+        "}\n")
+    (tmp_path / "spills.cu").write_text('#include "sr_math.cuh"\n' + kernel)
+    proc = _run("--dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert "FAILED  spills.cu scalar_t=float: registers spilled to local memory" in proc.stderr
+    assert "{'heavy': " in proc.stderr
+
+
+@pytest.mark.skipif(_find_nvcc() is None, reason="no nvcc here: cannot compile the adapter's sources")
+def test_the_adapter_sources_compile_without_spills():
+    proc = _run()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("no spills") == 2 * len(ck.SOURCES)
