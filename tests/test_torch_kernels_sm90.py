@@ -48,7 +48,7 @@ def _cases(dtype, forms=("all",)):
     from synth_ref.backends.torch_triton import _aft, _aft_window, _common, _flash, _random
 
     tdt = getattr(torch, DTYPES[dtype])
-    acc = _flash.acc_dtype(torch.empty(0, dtype=tdt))
+    acc = _common.ACC[tdt]
 
     def split(meta):  # (constexprs, launch options) of a wrapper's meta dict
         opts = {k: meta.pop(k) for k in ("num_warps", "num_stages")}

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    acc_dtype,
+    ACC,
     block,
     check_grid,
     first_order_only,
@@ -510,7 +510,7 @@ def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
                          f"width {D}, v width {E} (the layer routes wider heads to the reference)")
     return dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_KB=kb is not None, HAS_FB=fb is not None,
                 HAS_QK=D > 0, HAS_FD=fd is not None, FD_TILE=fd is not None and fd[2],
-                ACC=acc_dtype(torch.empty(0, dtype=dtype)), BM=seq_block(l, SEQ_TILES[dtype][0]),
+                ACC=ACC[dtype], BM=seq_block(l, SEQ_TILES[dtype][0]),
                 BK=seq_block(l, SEQ_TILES[dtype][1]), BD=BD, BE=BE, **launch_options(dtype))
 
 

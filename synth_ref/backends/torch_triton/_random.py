@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    acc_dtype,
+    ACC,
     block,
     check_grid,
     first_order_only,
@@ -181,7 +181,7 @@ SEQ_TILES = {torch.float16: (64, 64), torch.bfloat16: (64, 64), torch.float32: (
 def _meta(l, N, causal, has_mask, dtype):
     """The kernels' block sizes, flags and launch options for length l, N value columns."""
     bm, bk = SEQ_TILES[dtype]
-    return dict(CAUSAL=causal, HAS_MASK=has_mask, ACC=acc_dtype(torch.empty(0, dtype=dtype)),
+    return dict(CAUSAL=causal, HAS_MASK=has_mask, ACC=ACC[dtype],
                 BM=seq_block(l, bm), BN=block(N, 64), BK=seq_block(l, bk), **launch_options(dtype))
 
 
