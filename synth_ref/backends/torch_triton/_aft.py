@@ -399,7 +399,7 @@ class AftMix(torch.autograd.Function):
         m, smb, smk, has_mask = mask_args(mask, v)
         wt = (w, *w.stride()) if w is not None else (v.new_zeros(1), 0, 0, 0)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, HAS_W=w is not None, ACC=acc_dtype(v),
-                    BT=tile(), BN=BN, FLOOR=FLOOR[stat], num_warps=_common.aft_warps(v.dtype))
+                    BT=tile(), BN=BN, FLOOR=FLOOR[stat], num_warps=_common.AFT_WARPS)
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a tile failed its check
         grid = check_grid("aft", (triton.cdiv(l, meta["BT"]), triton.cdiv(N, BN), G * NB),
                           (f"block of {BN} columns (batch x channels)", "(group, batch element)"), v.shape)

@@ -57,7 +57,7 @@ from ._aft import (
     _tile_sums,
     tile,
 )
-from ._common import acc_dtype, aft_warps, check_grid, first_order_only, mask_args, pairs_in_range
+from ._common import AFT_WARPS, acc_dtype, check_grid, first_order_only, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -320,7 +320,7 @@ class AftWindowMix(torch.autograd.Function):
         m, smb, smk, has_mask = mask_args(mask, v)
         pre, suf = _scan_launch(k, 1, v, None, mask, nblk, bt)
         meta = dict(CAUSAL=bool(causal), HAS_MASK=has_mask, ACC=acc_dtype(v), BT=bt, BN=BN,
-                    FLOOR=FLOOR[stat], num_warps=aft_warps(v.dtype))
+                    FLOOR=FLOOR[stat], num_warps=AFT_WARPS)
         bad = torch.zeros(1, device=v.device, dtype=torch.int32)  # set if a band tile failed its check
         _fwd_win[grid](
             k, *k.stride(), v, *v.stride(), wb, *wb.stride(), m, smb, smk, pre, suf, out, mx, inv, bad,

@@ -40,7 +40,7 @@ NUM_WARPS = 8
 #: many more registers per thread: pipelined (3 or 2 deep) the kernels spilled to local memory on
 #: sm_90 -- the flash backward's _bwd_dkv 9.5-10.7 KB of spill stores per thread in float32, every
 #: form; the random backward's _bwd_dr 296 bytes -- and unpipelined, at the tiles their modules give
-#: these dtypes (_flash.SEQ_TILES, _random.SEQ_TILES), none spills but float64's _bwd_dfb, 32 bytes
+#: these dtypes (_flash.SEQ_TILES, _random.SEQ_TILES), none spills but float64's _bwd_dfb, 16 bytes
 #: (ptxas -v; the sm_90 test holds every kernel to a budget at its launch configuration).
 STAGES = {torch.float64: 1, torch.float32: 1, torch.float16: 3, torch.bfloat16: 3}
 
@@ -50,14 +50,13 @@ def launch_options(dtype: torch.dtype) -> dict:
     return dict(num_warps=NUM_WARPS, num_stages=STAGES[dtype])
 
 
-#: Warps per program of the AFT kernels (_aft, _aft_window's band kernels) per input dtype: Triton's
-#: default, 4, except float64, whose tiles at 4 warps spilled 68-304 bytes per thread on sm_90
-#: (ptxas -v) and at 8 none.
-AFT_WARPS = {torch.float64: 8}
+#: Warps per program of the AFT kernels (_aft, _aft_window's band kernels), every dtype.  At
+#: Triton's default, 4, their (16 x 32) tiles spilled registers on sm_90 (ptxas -v): float64 68-304
+#: bytes per thread, and with Triton 3.6 (the GPU machine's) bfloat16 / float32 too, up to 168 (the
+#: forward, _fwd and _fwd_win); at 8 the worst is 24 bytes (Triton 3.6 and 3.9, bfloat16 / float32).
+#: Eight warps at <= 255 registers fill an SM's register file as two programs of four did.
+AFT_WARPS = 8
 
-
-def aft_warps(dtype: torch.dtype) -> int:
-    return AFT_WARPS.get(dtype, 4)
 
 #: The smallest block side: tl.dot needs at least 16 on NVIDIA GPUs.
 MIN_BLOCK = 16
@@ -104,12 +103,21 @@ def acc_dtype(t: torch.Tensor):
     return ACC[t.dtype]
 
 
+#: The key-padding mask's dtype in the kernels: int32, not one byte per key.  Triton sizes a tensor
+#: core operand's registers (its dot-operand ``kWidth``) from the narrowest load in the values it is
+#: computed from, and the mask feeds the softmax weights that go into the second product: an int8
+#: mask gives float64 operands kWidth 4, which Triton 3.6 (the GPU machine's) cannot lower ("fp64
+#: don't support largeK MMA": every masked float64 kernel failed to compile for sm_90).  (B, l)
+#: int32 costs 4 bytes a key.  tests/test_torch_kernels_sm90.py holds float64 operands to kWidth 1.
+MASK_DTYPE = torch.int32
+
+
 def mask_args(mask: torch.Tensor | None, like: torch.Tensor):
-    """(tensor, batch stride, key stride, has_mask) for a (B, l) boolean key-padding mask; a dummy
-    one-element tensor when there is none (Triton still wants a pointer)."""
+    """(tensor, batch stride, key stride, has_mask) for a (B, l) boolean key-padding mask, as
+    MASK_DTYPE; a dummy one-element tensor when there is none (Triton still wants a pointer)."""
     if mask is None:
-        return like.new_zeros(1, dtype=torch.int8), 0, 0, False
-    m = mask.to(torch.int8)
+        return like.new_zeros(1, dtype=MASK_DTYPE), 0, 0, False
+    m = mask.to(MASK_DTYPE)
     return m, m.stride(0), m.stride(1), True
 
 

@@ -497,10 +497,11 @@ def _operand_args(q, k, v, kb, fb, ga, gb, fd, m, smb, smk):
 #: The largest (BM, BK) -- rows of a program's or an iteration's tile, keys of the other -- per input
 #: dtype.  The exact dtypes' FMA dots need smaller tiles as well as no pipelining (_common.STAGES):
 #: float32 at (64, 32) unpipelined still spilled 264 bytes per thread in _bwd_dkv, at (32, 32) none
-#: (dot_product and the all-terms mixture alike); float64 at (32, 32) spilled 1.6 KB in _bwd_dfb,
-#: at (16, 16) 32 bytes there (the all-terms mixture only) and none elsewhere.
+#: (dot_product and the all-terms mixture alike); float64 at (32, 32) spilled 1.6 KB in _bwd_dfb;
+#: at (16, 32) 16 bytes there (the all-terms mixture only) and none elsewhere, with Triton 3.9 and
+#: 3.6 (the GPU machine's) alike -- (16, 16) spilled 32 bytes in dot_product's _bwd_dkv with 3.9.
 SEQ_TILES = {torch.float16: (64, 32), torch.bfloat16: (64, 32), torch.float32: (32, 32),
-             torch.float64: (16, 16)}
+             torch.float64: (16, 32)}
 
 
 def _meta(l, D, E, causal, has_mask, kb, fb, fd, dtype):
