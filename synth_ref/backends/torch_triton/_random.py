@@ -206,25 +206,22 @@ class RandomMix(torch.autograd.Function):
         _fwd[grid](r, *r.stride(), v, *v.stride(), out, *out.stride(), mx, inv, m, smb, smk,
                    l, e, N, G, **meta)
         ctx.save_for_backward(r, v, out, mx, inv, m)
-        ctx.causal, ctx.has_mask = causal, has_mask
+        ctx.meta, ctx.dims = meta, (G, N, smb, smk)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         first_order_only("random")
         r, v, out, mx, inv, m = ctx.saved_tensors
-        causal, has_mask = ctx.causal, ctx.has_mask
+        meta, (G, N, smb, smk) = ctx.meta, ctx.dims
         h, l, _ = r.shape
-        B, _, _, e = v.shape
-        G, N = (B, e) if has_mask else (1, B * e)
-        meta = _meta(l, N, causal, has_mask, v.dtype)
+        e = v.shape[-1]
         BM, BN, BK = meta["BM"], meta["BN"], meta["BK"]
         dout = dout.contiguous()
         # delta[h, g, t] = sum over the group's columns of dO * O (the softmax backward's row term).
         prod = (dout.to(mx.dtype) * out.to(mx.dtype)).sum(-1)  # (B, h, l)
-        grouped = prod if has_mask else prod.sum(0, keepdim=True)  # (G, h, l)
+        grouped = prod if meta["HAS_MASK"] else prod.sum(0, keepdim=True)  # (G, h, l)
         delta = grouped.permute(1, 0, 2).contiguous()
-        smb, smk = (m.stride(0), m.stride(1)) if has_mask else (0, 0)
         dr = dv = None
         if ctx.needs_input_grad[1]:
             dv = torch.empty_like(v)
