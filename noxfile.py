@@ -106,6 +106,25 @@ def tests(session):
                 success_codes=[0, 5], external=True)
 
 
+# The Triton of the GPU machine (gpu/README.md: torch 2.11 pins it), whose compiler is not CI's: with
+# it every masked float64 kernel once failed to compile (_common.MASK_DTYPE), unseen by CI's Triton.
+GPU_TRITON = "3.6.0"
+
+
+@nox.session
+def gpu_triton(session):
+    """The Triton kernel tests with the GPU machine's Triton (GPU_TRITON), on CPU: every kernel compiled
+    ahead of time for sm_90, then run in the interpreter.  Not in CI (a second Triton, 190 MB, and
+    ~5 min): run it before a device call that follows a change to the kernels."""
+    session.install(*PIP, "-e", ".[test,torch]", "pytest-xdist")
+    # over the pinned Triton; NumPy < 2.4: Triton 3.6's interpreter converts one-element arrays to
+    # Python ints, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted")
+    session.install("--no-compile", f"triton=={GPU_TRITON}", "numpy<2.4")
+    session.run("pytest", "tests/test_torch_kernels_sm90.py", "-rs", *session.posargs)
+    session.run("pytest", "tests/test_torch_kernels.py", "-n", "auto", "--maxprocesses", "4",
+                *session.posargs, env={"TRITON_INTERPRET": "1"})
+
+
 @nox.session
 def docs(session):
     """Build the docs with warnings as errors (no network: MathJax is bundled), then test the build:
