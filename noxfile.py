@@ -107,7 +107,7 @@ def tests(session):
 
 
 # The Triton of the GPU machine (gpu/README.md: torch 2.11 pins it), whose compiler is not CI's: with
-# it every masked float64 kernel once failed to compile (_common.MASK_DTYPE), unseen by CI's Triton.
+# it 19 masked float64 kernels once failed to compile (_common.MASK_DTYPE), unseen by CI's Triton.
 GPU_TRITON = "3.6.0"
 
 

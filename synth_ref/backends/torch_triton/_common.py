@@ -107,8 +107,9 @@ def acc_dtype(t: torch.Tensor):
 #: core operand's registers (its dot-operand ``kWidth``) from the narrowest load in the values it is
 #: computed from, and the mask feeds the softmax weights that go into the second product: an int8
 #: mask gives float64 operands kWidth 4, which Triton 3.6 (the GPU machine's) cannot lower ("fp64
-#: don't support largeK MMA": every masked float64 kernel failed to compile for sm_90).  (B, l)
-#: int32 costs 4 bytes a key.  tests/test_torch_kernels_sm90.py holds float64 operands to kWidth 1.
+#: don't support largeK MMA": 19 of the 28 float64 kernels, all masked, failed to compile for
+#: sm_90).  (B, l) int32 costs 4 bytes a key.  tests/test_torch_kernels_sm90.py holds float64
+#: operands to kWidth 1.
 MASK_DTYPE = torch.int32
 
 
