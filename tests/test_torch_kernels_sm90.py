@@ -235,9 +235,10 @@ def test_every_kernel_compiles_for_sm90_without_spilling(dtype, tmp_path):
         target = kernel.fn.__module__.endswith("_flash") and not (consts["HAS_FB"] or consts["HAS_FD"])
         if stores > (0 if target else SPILL_BUDGET):
             over.append(report[-1])
-        if dtype == "fp64" and _fp64_operand_widths(compiled) - {1}:
-            wide.append(f"{name}: float64 tensor-core operands of kWidth {_fp64_operand_widths(compiled)}, "
-                        "which Triton 3.6 cannot lower (it needs 1)")
+        widths = _fp64_operand_widths(compiled) if dtype == "fp64" else set()
+        if widths - {1}:
+            wide.append(f"{name}: float64 tensor-core operands of kWidth {widths}, which Triton 3.6 cannot "
+                        "lower (it needs 1)")
     print("\n".join(report))
     assert not wide, "\n".join(wide)
     budgeted = _pinned("triton")

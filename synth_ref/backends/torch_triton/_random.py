@@ -191,7 +191,7 @@ class RandomMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, v, causal, mask):
         h, l, _ = r.shape
-        B, _, _, e = v.shape
+        e = v.shape[-1]
         G, N = _layout(v, mask)
         out = torch.empty_like(v)
         mx = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
