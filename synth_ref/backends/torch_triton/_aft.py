@@ -392,7 +392,7 @@ class AftMix(torch.autograd.Function):
         eg = d // G
         # Under a mask, one batch element per program (see _cols); else the batch folds into columns.
         NB, N = (B, eg) if mask is not None else (1, B * eg)
-        stat = torch.float64 if v.dtype == torch.float64 else torch.float32
+        stat = _common.STATS[v.dtype]
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
         inv = torch.empty_like(mx)

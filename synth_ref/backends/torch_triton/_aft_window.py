@@ -57,7 +57,7 @@ from ._aft import (
     _tile_sums,
     tile,
 )
-from ._common import AFT_WARPS, acc_dtype, check_grid, first_order_only, mask_args, pairs_in_range
+from ._common import AFT_WARPS, STATS, acc_dtype, check_grid, first_order_only, mask_args, pairs_in_range
 
 
 @triton.jit
@@ -285,7 +285,7 @@ def _bwd_dw_win(k_ptr, s_kb, s_kt, s_kc, v_ptr, s_vb, s_vt, s_vc, wb_ptr, s_wg, 
 def _scan_launch(s, sign, a, c, mask, nblk, bt):
     """(pre, suf), each (3, nblk + 1, B * d) in the statistics' dtype: see ``_scan``."""
     B, l, d = s.shape
-    stat = torch.float64 if a.dtype == torch.float64 else torch.float32
+    stat = STATS[a.dtype]
     pre = torch.empty(3, nblk + 1, B * d, device=a.device, dtype=stat)
     suf = torch.empty_like(pre)
     m, smb, smk, has_mask = mask_args(mask, a)
@@ -313,7 +313,7 @@ class AftWindowMix(torch.autograd.Function):
         # checked before the key scan's launch too (its grid, B * d / BN programs, is on axis 0)
         grid = check_grid("aft-window", (nblk, triton.cdiv(N, BN), G * NB),
                           (f"block of {BN} columns (batch x channels)", "(group, batch element)"), v.shape)
-        stat = torch.float64 if v.dtype == torch.float64 else torch.float32
+        stat = STATS[v.dtype]
         out = torch.empty(B, l, d, device=v.device, dtype=v.dtype)
         mx = torch.empty(B, l, d, device=v.device, dtype=stat)  # per (t, c): bound, 1 / den
         inv = torch.empty_like(mx)

@@ -26,9 +26,12 @@ import triton.language as tl
 from ._plan import BLOCK_CAP
 
 #: Accumulator dtype per input dtype: float64 inputs (interpreter tests) keep float64 end to end;
-#: half types accumulate in float32 as flash attention does.
-ACC = {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.float32,
-       torch.bfloat16: tl.float32}
+#: half types accumulate in float32 as flash attention does.  The wrappers allocate the statistics a
+#: forward saves for its backward (row maxima and sums, O kept unrounded) in the same dtype.
+STATS = {torch.float64: torch.float64, torch.float32: torch.float32, torch.float16: torch.float32,
+         torch.bfloat16: torch.float32}
+#: STATS as the kernels' ``ACC`` constant.
+ACC = {dt: {torch.float64: tl.float64, torch.float32: tl.float32}[acc] for dt, acc in STATS.items()}
 
 #: Warps per program for the GEMM-shaped kernels (flash, random): with 64-wide tiles, 4 warps spill
 #: registers on sm_90 (ptxas -v on the AOT-compiled kernels), 8 do not.

@@ -33,6 +33,7 @@ import triton.language as tl
 
 from ._common import (
     ACC,
+    STATS,
     block,
     check_grid,
     first_order_only,
@@ -422,7 +423,7 @@ class FlashMix(torch.autograd.Function):
         B, H, l, E = v.shape
         D = 0 if q is None else q.shape[-1]
         dt = v.dtype
-        stat = torch.float64 if dt == torch.float64 else torch.float32
+        stat = STATS[dt]
         # bfloat16 / float16: the kernel writes O unrounded (float32) and the backward's row term
         # rowsum(dO * O) reads that, not the rounded output (see EXACT_DELTA)
         out = torch.empty(B, H, l, E, device=v.device, dtype=dt if dt in EXACT_DELTA else stat)

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from ._common import (
     ACC,
+    STATS,
     block,
     check_grid,
     first_order_only,
@@ -194,8 +195,7 @@ class RandomMix(torch.autograd.Function):
         e = v.shape[-1]
         G, N = _layout(v, mask)
         out = torch.empty_like(v)
-        mx = torch.empty(h, G, l, device=v.device, dtype=torch.float64 if v.dtype == torch.float64
-                         else torch.float32)  # per row: max, and 1 / sum in inv
+        mx = torch.empty(h, G, l, device=v.device, dtype=STATS[v.dtype])  # per row: max, and 1 / sum in inv
         inv = torch.empty_like(mx)
         m, smb, smk, has_mask = mask_args(mask, v)
         meta = _meta(l, N, causal, has_mask, v.dtype)
