@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 import synth_ref as sr
+from synth_ref.backends.numpy import NumpyAdapter
 
 # ---------------------------------------------------------------------------------------------
 # shared NumPy pieces (all in x's dtype)
@@ -143,7 +144,7 @@ def _pos(spec, p, l):
 # the adapter shell
 
 
-class WrongAdapter:
+class WrongAdapter(NumpyAdapter):
     """A NumPy adapter that runs ``forward`` for ``variants`` and the reference for the rest."""
 
     dtypes = ("float64", "float32", "float16")
@@ -161,13 +162,6 @@ class WrongAdapter:
 
     def available(self):
         return True, "numpy (a deliberately wrong adapter)"
-
-    def from_numpy(self, array, dtype=None):
-        array = np.asarray(array)
-        return array.copy() if dtype is None else array.astype(dtype)
-
-    def to_numpy(self, array):
-        return np.asarray(array)
 
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
         if spec.variant in self.variants:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numpy import NumpyAdapter
 from . import aft_vjp, softmax_vjp
 from ._prep import cast, check_dy, prepare, work_dtype
 from .ops import XpOps
@@ -75,10 +76,10 @@ def _xp_of(a):
     return array_namespace(a)
 
 
-class NumpyHandVjpAdapter:
+class NumpyHandVjpAdapter(NumpyAdapter):
     """The hand-derived passes on NumPy arrays, as a backend adapter: the CuPy adapter's code path
     (this package) with ``ops``' fused steps, by default the Array-API ones (:class:`XpOps`) in place
-    of the CUDA kernels."""
+    of the CUDA kernels.  NumPy arrays in and out as the NumPy adapter's."""
 
     name = "numpy-handvjp"
     dtypes = ("float64", "float32", "float16")
@@ -93,13 +94,6 @@ class NumpyHandVjpAdapter:
 
     def available(self):
         return True, "numpy " + np.__version__ + " (hand-derived vjp, no kernels)"
-
-    def from_numpy(self, array, dtype=None):
-        array = np.asarray(array)
-        return array.copy() if dtype is None else array.astype(dtype)
-
-    def to_numpy(self, array):
-        return np.asarray(array)
 
     def apply(self, spec, params, x, *, causal=False, key_padding_mask=None):
         return apply(spec, params, x, causal=causal, key_padding_mask=key_padding_mask, ops=self.ops)
