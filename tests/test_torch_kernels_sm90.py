@@ -83,7 +83,7 @@ def _cases(dtype, forms=("all",)):
               (_random._bwd_dv, rand, {"mx_ptr", "inv_ptr"}, opts),
               (_random._bwd_dr, rand, {"mx_ptr", "inv_ptr"}, opts)]
     flags = dict(CAUSAL=True, HAS_MASK=True, ACC=acc)
-    floor = _aft.FLOOR[torch.float64 if tdt == torch.float64 else torch.float32]
+    floor = _aft.FLOOR[_common.STATS[tdt]]
     aft = dict(flags, HAS_W=True, BT=_aft.BT, BN=_aft.BN, FLOOR=floor)
     win = dict(flags, BT=_aft.BT, BN=_aft.BN, FLOOR=floor)
     scan = dict(HAS_MASK=True, ACC=acc, BT=_aft.BT, BN=_aft.BN)
@@ -110,12 +110,14 @@ def _cases(dtype, forms=("all",)):
 
 def _signature(kernel, dtype, consts, stat_ptrs):
     """Pointer types as the wrappers pass them: inputs and outputs in the layer's dtype; the row
-    statistics and the gradients the wrappers accumulate in float32 (float64 for float64 inputs);
-    the mask as _common.MASK_DTYPE, the AFT flag and the flash backward's dominant key per row as
-    int32."""
+    statistics and the gradients the wrappers accumulate in _common.STATS (float32, float64 for
+    float64 inputs); the mask as _common.MASK_DTYPE, the AFT flag and the flash backward's dominant
+    key per row as int32."""
+    import torch
+
     from synth_ref.backends.torch_triton import _common
 
-    stat = "*fp64" if dtype == "fp64" else "*fp32"
+    stat = "*fp" + str(_common.STATS[getattr(torch, DTYPES[dtype])].itemsize * 8)
     sig = {}
     for name in kernel.arg_names:
         if name in consts:
