@@ -18,16 +18,23 @@ from . import _common as c
 BLOCK_ELEMENTS = 1 << 24
 
 
-def _conv_kernel(spec, p, xp):
+def conv_kernel(spec, p, xp):
     """Per-head normalised kernel w_hat (h, s) or (h, s*s): gamma (w - mean) / sqrt(var + 1e-5) + beta,
-    mean and population variance over that head's own taps."""
-    w = p["conv_w"]
+    mean and population variance over that head's own taps.
+
+    In float32 for float16 / bfloat16 parameters (``_common.widened``), rounded once at the end: the
+    derivative of w_hat in var is -(w - mean) / 2 (var + 1e-5)^(3/2), whose second factor reaches
+    1.6e7 at var = 0 -- past float16's 65504.  Computed in float16, jax's autodiff gave NaN for
+    conv_w with every single-tap kernel (s = 1: w - mean = 0 exactly, so inf * 0) and with nearly
+    equal taps."""
+    w = c.widened(xp, p["conv_w"])
     h = spec.n_heads
     w = xp.reshape(w, (h, -1))
     mean = xp.mean(w, axis=1, keepdims=True)
     var = xp.mean((w - mean) ** 2, axis=1, keepdims=True)
     norm = (w - mean) / xp.sqrt(var + c.const(xp, 1e-5, w))
-    return p["conv_gamma"][:, None] * norm + p["conv_beta"][:, None]
+    gamma, beta = c.widened(xp, p["conv_gamma"]), c.widened(xp, p["conv_beta"])
+    return xp.astype(gamma[:, None] * norm + beta[:, None], p["conv_w"].dtype)
 
 
 def position_bias(spec, p, xp, l, causal, grid, dev):
@@ -47,7 +54,7 @@ def position_bias(spec, p, xp, l, causal, grid, dev):
         return w[None, :, :]
     # aft_conv
     s = spec.kernel_size
-    what = _conv_kernel(spec, p, xp)
+    what = conv_kernel(spec, p, xp)
     i = xp.arange(l, device=dev)
     if grid is None:
         off = s - 1 if causal else (s - 1) // 2

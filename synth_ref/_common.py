@@ -19,6 +19,13 @@ def _dev(a):
     return device(a)
 
 
+def widened(xp, a):
+    """``a`` in float32 where its dtype is narrower (float16, bfloat16), else ``a`` itself.  For small
+    statistics whose derivatives outgrow a 16-bit type even when the result does not: the
+    normalisation of AFT-conv's kernel (``_aft.conv_kernel``)."""
+    return xp.astype(a, xp.float32) if xp.finfo(a.dtype).bits < 32 else a
+
+
 def linear(xp, x, w, b):
     """x @ w + b over the last axis."""
     return xp.matmul(x, w) + b

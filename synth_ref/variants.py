@@ -383,6 +383,11 @@ _add(Variant(
          "The paper's std is 0 for a constant kernel (always so for s = 1), where its formula "
          "divides 0 by 0; 1e-5, as in layer normalisation, keeps w_hat finite and moves a kernel "
          "of unit variance by about 5e-6 relative."),
+        ("For float16 and bfloat16 parameters w_hat is computed in float32 and rounded once.",
+         "The derivative of w_hat in var(w_i) carries (var + 1e-5)^(-3/2) / 2, 1.6e7 at var = 0: "
+         "past float16's 65504, so jax's autodiff in float16 gave NaN gradients for single-tap "
+         "kernels and nearly equal taps (as layer normalisation under mixed precision, "
+         "the statistics are kept in float32)."),
         ("K has one channel per feature (w_k is (d, d)), as in the other AFT variants; the paper "
          "ties K to the heads (K in R^{T x h}, W^K in R^{d x h}).",
          "One projection layout for every AFT variant, and a per-channel key is a strict "

@@ -284,6 +284,7 @@ DEPARTURES = [
     ("aft_local", "stored whole"),              # (L, L) stored for any window; L^2 counted
     ("aft_conv", "R^{T x h}"),                  # K per channel, not per head
     ("aft_conv", "1e-5"),                       # std with an epsilon
+    ("aft_conv", "computed in float32"),        # w_hat of 16-bit parameters (the paper is silent)
     ("aft_conv", "causal: c = s - 1"),          # the paper's AFT-conv has no causal mode
 ]
 

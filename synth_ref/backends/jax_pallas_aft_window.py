@@ -113,7 +113,7 @@ def band(spec, p, l, causal):
     nw = hi - lo + 1
     if spec.variant == "aft_conv":
         off = spec.kernel_size - 1 if causal else (spec.kernel_size - 1) // 2
-        taps = _ref_aft._conv_kernel(spec, p, jnp)[:, lo + off:hi + off + 1]  # tap j at t' - t = j - off
+        taps = _ref_aft.conv_kernel(spec, p, jnp)[:, lo + off:hi + off + 1]  # tap j at t' - t = j - off
         return jnp.broadcast_to(taps[:, None, :], (spec.n_heads, l, nw)), lo
     t = np.arange(l)
     key = t[:, None] + lo + np.arange(nw)[None, :]  # t' of wb[t, j]

@@ -439,6 +439,16 @@ _WIDE = [
     ("dot_product", {"d_model": 136, "n_heads": 1}, 6000),  # head width 136
     ("mixture", {"d_model": 144, "n_heads": 2, "components": ("dense", "dot_product")}, 6001),  # q / k 144
 ]
+#: Single-tap AFT-conv kernels (s = 1), which no configuration of CONFIGS has: each head's kernel
+#: then has variance exactly 0, where the derivative of its normalisation in the variance,
+#: (var + 1e-5)^(-3/2) / 2 = 1.6e7, is past float16's range.  The spec computed it in float16 and
+#: jax's autodiff met inf * 0: NaN for conv_w (found by the deep profile's drawn cases); the spec
+#: now normalises the kernel in float32 for 16-bit parameters (``_aft.conv_kernel``).  (options,
+#: shape, causal, mask, seed): every dtype, forward and gradient, in every profile.
+_SINGLE_TAP = [
+    ({"n_heads": 1, "kernel_size": 1}, (MAX_LEN,), True, "random", 7000),
+    ({"n_heads": 2, "kernel_size": 1, "spatial_dims": 2}, (3, 4), False, "none", 7001),
+]
 # Cases of the deep profile (same ids, seeds, hence inputs) on which a kernel was found wrong, now
 # also at the end of the ci and kernels grids, forward and gradient in the dtype each was found in,
 # so every backend meets them in CI.
@@ -563,6 +573,8 @@ def grid(profile: str = "ci", variants=None) -> list[Case]:
               for variant, batch, causal, mask, seed in _SATURATED_FINDS]
     cases += [Case(sr.Spec(variant, max_len=MAX_LEN, **opts), 2, (MAX_LEN,), True, "random", "normal",
                    seed=seed, dtypes=HI, grad_dtypes=HI) for variant, opts, seed in _WIDE]
+    cases += [Case(_spec("aft_conv", opts), 2, shape, causal, mask, "normal", seed=seed, dtypes=ALL,
+                   grad_dtypes=ALL) for opts, shape, causal, mask, seed in _SINGLE_TAP]
     if not deep:  # the deep grid holds these cases already
         cases += [Case(_spec(variant, CONFIGS[variant][i]), batch, (l,), causal, mask, values, seed=seed,
                        dtypes=(dtype,), grad_dtypes=(dtype,))

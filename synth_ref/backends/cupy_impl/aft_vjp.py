@@ -22,28 +22,33 @@ _EPS = 1e-5  # the variance epsilon of AFT-conv's kernel normalisation (the spec
 # --- w' and its parameters ----------------------------------------------------------------------
 
 def _conv_taps(spec, p, xp):
-    """w_hat (h, S), S = s or s*s, and what its backward needs (the normalised taps and sigma)."""
+    """w_hat (h, S), S = s or s*s, and what its backward needs (the normalised taps and sigma).
+    In float32 for 16-bit parameters, rounded once, as the spec's ``_aft.conv_kernel``."""
     h = spec.n_heads
-    w = xp.reshape(p["conv_w"], (h, -1))
+    w = xp.reshape(c.widened(xp, p["conv_w"]), (h, -1))
     mean = xp.mean(w, axis=1, keepdims=True)
     var = xp.mean((w - mean) ** 2, axis=1, keepdims=True)
     sigma = xp.sqrt(var + c.const(xp, _EPS, w))
     norm = (w - mean) / sigma
-    what = p["conv_gamma"][:, None] * norm + p["conv_beta"][:, None]
-    return what, {"norm": norm, "sigma": sigma}
+    what = c.widened(xp, p["conv_gamma"])[:, None] * norm + c.widened(xp, p["conv_beta"])[:, None]
+    return xp.astype(what, p["conv_w"].dtype), {"norm": norm, "sigma": sigma}
 
 
 def _conv_taps_backward(spec, p, xp, res, dwhat):
     """Through w_hat = gamma n + beta, n = (w - mean) / sigma (a layer norm over each head's taps):
     dgamma = sum dw_hat n;  dbeta = sum dw_hat;  dn = gamma dw_hat;
-    dw = (dn - mean(dn) - n mean(dn n)) / sigma."""
+    dw = (dn - mean(dn) - n mean(dn n)) / sigma.  In the forward's precision (float32 for 16-bit
+    parameters), each gradient rounded once to its parameter's dtype."""
     norm, sigma = res["norm"], res["sigma"]
+    dwhat = xp.astype(dwhat, norm.dtype)
     dgamma = xp.sum(dwhat * norm, axis=1)
     dbeta = xp.sum(dwhat, axis=1)
-    dn = p["conv_gamma"][:, None] * dwhat
+    dn = c.widened(xp, p["conv_gamma"])[:, None] * dwhat
     dw = (dn - xp.mean(dn, axis=1, keepdims=True)
           - norm * xp.mean(dn * norm, axis=1, keepdims=True)) / sigma
-    return {"conv_w": xp.reshape(dw, p["conv_w"].shape), "conv_gamma": dgamma, "conv_beta": dbeta}
+    dt = p["conv_w"].dtype
+    return {"conv_w": xp.astype(xp.reshape(dw, p["conv_w"].shape), dt), "conv_gamma": xp.astype(dgamma, dt),
+            "conv_beta": xp.astype(dbeta, dt)}
 
 
 def _conv_band(spec, xp, l, causal, grid, dev):

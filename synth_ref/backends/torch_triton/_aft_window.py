@@ -379,7 +379,7 @@ def band(spec, p, xp, l, causal, dev):
     nw = hi - lo + 1
     if spec.variant == "aft_conv":
         off = spec.kernel_size - 1 if causal else (spec.kernel_size - 1) // 2
-        taps = _aft._conv_kernel(spec, p, xp)[:, lo + off:hi + off + 1]  # tap j = o + off
+        taps = _aft.conv_kernel(spec, p, xp)[:, lo + off:hi + off + 1]  # tap j = o + off
         return taps[:, None, :].expand(spec.n_heads, l, nw), lo
     t = torch.arange(l, device=dev)
     key = t[:, None] + lo + torch.arange(nw, device=dev)[None, :]  # t' of wb[t, j]
