@@ -444,10 +444,11 @@ _WIDE = [
 #: (var + 1e-5)^(-3/2) / 2 = 1.6e7, is past float16's range.  The spec computed it in float16 and
 #: jax's autodiff met inf * 0: NaN for conv_w (found by the deep profile's drawn cases); the spec
 #: now normalises the kernel in float32 for 16-bit parameters (``_aft.conv_kernel``).  (options,
-#: shape, causal, mask, seed): every dtype, forward and gradient, in every profile.
+#: shape, causal, mask, seed): every dtype, forward and gradient, in every profile.  One 1-D case:
+#: the defect had nothing to do with the grid (a 2-D case, seed 7001, failed alike), and each case
+#: costs the interpreter and jax sessions ~10 s of compiles.
 _SINGLE_TAP = [
     ({"n_heads": 1, "kernel_size": 1}, (MAX_LEN,), True, "random", 7000),
-    ({"n_heads": 2, "kernel_size": 1, "spatial_dims": 2}, (3, 4), False, "none", 7001),
 ]
 # Cases of the deep profile (same ids, seeds, hence inputs) on which a kernel was found wrong, now
 # also at the end of the ci and kernels grids, forward and gradient in the dtype each was found in,
