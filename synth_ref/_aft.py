@@ -18,21 +18,32 @@ from . import _common as c
 BLOCK_ELEMENTS = 1 << 24
 
 
-def conv_kernel(spec, p, xp):
-    """Per-head normalised kernel w_hat (h, s) or (h, s*s): gamma (w - mean) / sqrt(var + 1e-5) + beta,
-    mean and population variance over that head's own taps.
+#: The variance epsilon of AFT-conv's kernel normalisation (the registry's convention for aft_conv).
+CONV_EPS = 1e-5
 
-    In float32 for float16 / bfloat16 parameters (``_common.widened``), rounded once at the end: the
-    derivative of w_hat in var is -(w - mean) / 2 (var + 1e-5)^(3/2), whose second factor reaches
-    1.6e7 at var = 0 -- past float16's 65504.  Computed in float16, jax's autodiff gave NaN for
-    conv_w with every single-tap kernel (s = 1: w - mean = 0 exactly, so inf * 0) and with nearly
-    equal taps."""
-    w = c.widened(xp, p["conv_w"])
-    h = spec.n_heads
-    w = xp.reshape(w, (h, -1))
+
+def conv_normalised(spec, p, xp):
+    """(n, sigma): each head's taps normalised, n = (w - mean) / sigma with sigma = sqrt(var +
+    CONV_EPS), mean and population variance over that head's own taps; n is (h, s) or (h, s*s).
+
+    In float32 for float16 / bfloat16 parameters (``_common.widened``): the derivative of n in var
+    is -(w - mean) (var + 1e-5)^(-3/2) / 2, whose second factor reaches 1.6e7 at var = 0 -- past
+    float16's 65504.  Computed in float16, jax's autodiff gave NaN for conv_w with every single-tap
+    kernel (s = 1: w - mean = 0 exactly, so inf * 0) and with nearly equal taps.  The CuPy
+    adapter's hand-derived backward (``cupy_impl.aft_vjp``) calls it too and keeps n and sigma."""
+    w = xp.reshape(c.widened(xp, p["conv_w"]), (spec.n_heads, -1))
     mean = xp.mean(w, axis=1, keepdims=True)
     var = xp.mean((w - mean) ** 2, axis=1, keepdims=True)
-    norm = (w - mean) / xp.sqrt(var + c.const(xp, 1e-5, w))
+    sigma = xp.sqrt(var + c.const(xp, CONV_EPS, w))
+    return (w - mean) / sigma, sigma
+
+
+def conv_kernel(spec, p, xp, norm=None):
+    """Per-head normalised kernel w_hat = gamma n + beta (h, s) or (h, s*s), n from
+    ``conv_normalised`` (or ``norm``, where the caller kept it): in n's precision, rounded once to
+    the parameters' dtype."""
+    if norm is None:
+        norm, _ = conv_normalised(spec, p, xp)
     gamma, beta = c.widened(xp, p["conv_gamma"]), c.widened(xp, p["conv_beta"])
     return xp.astype(gamma[:, None] * norm + beta[:, None], p["conv_w"].dtype)
 

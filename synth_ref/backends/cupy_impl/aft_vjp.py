@@ -10,28 +10,20 @@ Backward, given dy:  dG = dy w_o^T;  dR = dG sigmoid(Q);  dQ = dG R sigmoid'(Q);
 
 from __future__ import annotations
 
+from synth_ref import _aft
 from synth_ref import _common as c
 from synth_ref._aft import flatten_grid, unflatten_grid
 
 from ._prep import linear, linear_backward, pad_to
 from .position import Band, BandGrad, Position, band_to_dense
 
-_EPS = 1e-5  # the variance epsilon of AFT-conv's kernel normalisation (the spec's value)
-
-
 # --- w' and its parameters ----------------------------------------------------------------------
 
 def _conv_taps(spec, p, xp):
-    """w_hat (h, S), S = s or s*s, and what its backward needs (the normalised taps and sigma).
-    In float32 for 16-bit parameters, rounded once, as the spec's ``_aft.conv_kernel``."""
-    h = spec.n_heads
-    w = xp.reshape(c.widened(xp, p["conv_w"]), (h, -1))
-    mean = xp.mean(w, axis=1, keepdims=True)
-    var = xp.mean((w - mean) ** 2, axis=1, keepdims=True)
-    sigma = xp.sqrt(var + c.const(xp, _EPS, w))
-    norm = (w - mean) / sigma
-    what = c.widened(xp, p["conv_gamma"])[:, None] * norm + c.widened(xp, p["conv_beta"])[:, None]
-    return xp.astype(what, p["conv_w"].dtype), {"norm": norm, "sigma": sigma}
+    """w_hat (h, S), S = s or s*s, and what its backward needs (the normalised taps and sigma, from
+    the spec's ``_aft.conv_normalised``)."""
+    norm, sigma = _aft.conv_normalised(spec, p, xp)
+    return _aft.conv_kernel(spec, p, xp, norm), {"norm": norm, "sigma": sigma}
 
 
 def _conv_taps_backward(spec, p, xp, res, dwhat):
